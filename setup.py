@@ -1,0 +1,46 @@
+"""Prompt tuning (Lester et al., 2021) on a t5x-compatible JAX/Flax stack."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorstore==0.1.86",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "gin-config==0.5.0",
+    "clu==0.0.12",
+    "sentencepiece==0.2.3",
+    "msgpack",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest"],
+    # Only parity tests and the peer benchmark use these.  torch is always
+    # pinned: an unpinned torch pulls a multi-GB CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=5,<6", "peft"],
+}
+
+setuptools.setup(
+    name="prompt_tuning",
+    version="0.1.0",
+    description="Prompt tuning for frozen T5 models on JAX/Flax, t5x-compatible.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
+    + ["prompt_tuning.tasks", "prompt_tuning.gin"],
+    # tasks/ and gin/ live at the top level (the design card's layout) but
+    # install under the package, so nothing imports as a bare `tasks`.
+    package_dir={"prompt_tuning.tasks": "tasks", "prompt_tuning.gin": "gin"},
+    package_data={"prompt_tuning.gin": ["**/*.gin"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

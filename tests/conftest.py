@@ -1,0 +1,20 @@
+"""Shared test setup: 8 simulated CPU devices, so sharding is really exercised."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_path(*parts):
+    """Path under ../shared, or skip the test saying why when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference material {path} is absent (../shared sits only beside the project's own checkout)")
+    return path
