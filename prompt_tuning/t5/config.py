@@ -88,4 +88,4 @@ def get_config(family: str = "t5_1_1", size: str = "small", **overrides) -> T5Co
     sizes, family_fields = FAMILIES[family]
     if size not in sizes:
         raise ValueError(f"unknown size {size!r} for {family}; known: {', '.join(sizes)}")
-    return T5Config(**family_fields, **sizes[size], **overrides)
+    return T5Config(**{**family_fields, **sizes[size], **overrides})

@@ -1,0 +1,217 @@
+"""The T5 encoder-decoder (t5x's `examples/t5/network.py` semantics) with a hook for soft prompts.
+
+`Transformer.apply({'params': params}, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens)`
+returns float32 logits exactly as t5x's module does, including t5x's masking: decoder self-attention and
+encoder-decoder attention masks come from `decoder_target_tokens > 0` when given.
+
+Encoder input processor (the soft prompt plugs in here): a module built by `encoder_input_processor_factory`
+and placed at `encoder/prompt`, with
+    __call__(embedded [B,L,D], tokens [B,L], embedding_table [V,D], prompt_index=None)
+        -> (embedded [B,L',D], valid [B,L'] bool)
+    mask(tokens [B,L], prompt_index=None) -> valid [B,L'] bool
+Without one the encoder sees the embedded tokens and `tokens > 0`.
+"""
+from typing import Callable, Optional
+
+import flax.linen as nn
+import gin
+import jax.numpy as jnp
+
+from prompt_tuning.t5 import layers
+from prompt_tuning.t5.config import T5Config
+
+EMBED_AXES = ("batch", "length", "embed")
+
+
+def _dtype(config: T5Config):
+    return jnp.dtype(config.dtype)
+
+
+def _dropout(config: T5Config, x, deterministic: bool):
+    return nn.Dropout(rate=config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+def _attention(config: T5Config, name: str):
+    return layers.MultiHeadDotProductAttention(
+        num_heads=config.num_heads, head_dim=config.head_dim, dtype=_dtype(config),
+        dropout_rate=config.dropout_rate, float32_logits=config.float32_attention_logits, name=name)
+
+
+def _mlp(config: T5Config):
+    return layers.MlpBlock(intermediate_dim=config.mlp_dim, activations=tuple(config.mlp_activations),
+                           dropout_rate=config.dropout_rate, dtype=_dtype(config), name="mlp")
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention + MLP block.  Returns (x, None) when scanned."""
+
+    config: T5Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, inputs, bias):
+        cfg, det = self.config, self.deterministic
+        x = layers.RMSNorm(dtype=_dtype(cfg), name="pre_attention_layer_norm")(inputs)
+        x = _attention(cfg, "attention")(x, x, bias, deterministic=det)
+        x = _dropout(cfg, x, det) + inputs
+        y = layers.RMSNorm(dtype=_dtype(cfg), name="pre_mlp_layer_norm")(x)
+        y = _mlp(cfg)(y, deterministic=det)
+        y = nn.with_logical_constraint(_dropout(cfg, y, det) + x, EMBED_AXES)
+        return (y, None) if cfg.scan_layers else y
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention (cached when decoding) + encoder-decoder attention + MLP."""
+
+    config: T5Config
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, inputs, encoded, self_bias, cross_bias, cache_index):
+        cfg, det = self.config, self.deterministic
+        x = layers.RMSNorm(dtype=_dtype(cfg), name="pre_self_attention_layer_norm")(inputs)
+        x = _attention(cfg, "self_attention")(x, x, self_bias, deterministic=det, decode=self.decode,
+                                               cache_index=cache_index)
+        x = _dropout(cfg, x, det) + inputs
+        y = layers.RMSNorm(dtype=_dtype(cfg), name="pre_cross_attention_layer_norm")(x)
+        y = _attention(cfg, "encoder_decoder_attention")(y, encoded, cross_bias, deterministic=det)
+        y = _dropout(cfg, y, det) + x
+        z = layers.RMSNorm(dtype=_dtype(cfg), name="pre_mlp_layer_norm")(y)
+        z = _mlp(cfg)(z, deterministic=det)
+        z = nn.with_logical_constraint(_dropout(cfg, z, det) + y, EMBED_AXES)
+        return (z, None) if cfg.scan_layers else z
+
+
+def _run_layers(config, layer_cls, num_layers, x, *args, **attrs):
+    """Applies `num_layers` layers: unrolled as layers_N, or one scanned 'layers' module."""
+    wrapped = layers.maybe_wrap_layer(layer_cls, config, num_layers=num_layers)
+    if config.scan_layers:
+        return wrapped(config=config, name="layers", **attrs)(x, *args)[0]
+    for i in range(num_layers):
+        x = wrapped(config=config, name=f"layers_{i}", **attrs)(x, *args)
+    return x
+
+
+def _relpos(config: T5Config):
+    return layers.RelativePositionBiases(num_buckets=config.relpos_num_buckets,
+                                         max_distance=config.relpos_max_distance,
+                                         num_heads=config.num_heads, dtype=_dtype(config), name="relpos_bias")
+
+
+class Encoder(nn.Module):
+    config: T5Config
+    shared_embedding: nn.Module
+    input_processor_factory: Optional[Callable[[], nn.Module]] = None
+
+    def setup(self):
+        # Created in setup so it is named after the attribute: parameters live under encoder/prompt/...
+        self.prompt = None if self.input_processor_factory is None else self.input_processor_factory()
+
+    def mask(self, tokens, prompt_index=None):
+        """Validity [B, L'] of the encoded positions (prompt positions included)."""
+        if self.prompt is None:
+            return tokens > 0
+        return self.prompt.mask(tokens, prompt_index=prompt_index)
+
+    @nn.compact
+    def __call__(self, tokens, deterministic=True, prompt_index=None):
+        cfg = self.config
+        x = self.shared_embedding(tokens)
+        valid = tokens > 0
+        if self.prompt is not None:
+            x, valid = self.prompt(x, tokens, self.shared_embedding.embedding, prompt_index=prompt_index)
+        x = _dropout(cfg, x, deterministic).astype(_dtype(cfg))
+        x = nn.with_logical_constraint(x, EMBED_AXES)
+        length = x.shape[1]
+        bias = (layers.mask_to_bias(layers.make_attention_mask(valid, valid), _dtype(cfg))
+                + _relpos(cfg)(length, length, bidirectional=True))
+        x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, bias, deterministic=deterministic)
+        x = layers.RMSNorm(dtype=_dtype(cfg), name="encoder_norm")(x)
+        return _dropout(cfg, x, deterministic)
+
+
+class Decoder(nn.Module):
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens=None,
+                 deterministic=True, decode=False, max_decode_length=None):
+        cfg, dtype = self.config, _dtype(self.config)
+        batch, length = decoder_input_tokens.shape
+        y = self.shared_embedding(decoder_input_tokens)
+        y = _dropout(cfg, y, deterministic).astype(dtype)
+        y = nn.with_logical_constraint(y, EMBED_AXES)
+
+        cache_index, stepping = None, False
+        if decode:
+            # One position counter for all layers; the layers cache keys/values in the 'cache' collection.
+            stepping = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            cache_index = index.value
+            if stepping:
+                if max_decode_length is None:
+                    raise ValueError("Decoder: decode=True steps need max_decode_length (the cache length)")
+                index.value = cache_index + 1
+        rel_len = max_decode_length if decode and max_decode_length else length
+        relpos = _relpos(cfg)(rel_len, rel_len, bidirectional=False)
+
+        if decode or decoder_target_tokens is None:
+            # t5x does not mask decoder padding at inference; the cached attention slices relpos per step.
+            query_valid = jnp.ones((batch, length), bool)
+            self_mask = layers.make_causal_mask(length)
+        else:
+            query_valid = decoder_target_tokens > 0
+            self_mask = layers.make_causal_mask(length) & layers.make_attention_mask(query_valid, query_valid)
+        self_bias = relpos if stepping else layers.mask_to_bias(self_mask, dtype) + relpos[..., :length, :length]
+        cross_bias = layers.mask_to_bias(layers.make_attention_mask(query_valid, encoder_valid), dtype)
+
+        y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_bias, cross_bias, cache_index,
+                        deterministic=deterministic, decode=decode)
+        y = layers.RMSNorm(dtype=dtype, name="decoder_norm")(y)
+        y = _dropout(cfg, y, deterministic)
+        if cfg.logits_via_embedding:
+            # T5 1.0: output through the tied embedding, scaled by emb_dim**-0.5.
+            logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1])
+        else:
+            logits = layers.Dense(features=cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
+                                  name="logits_dense")(y)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+@gin.configurable
+class Transformer(nn.Module):
+    """T5 encoder-decoder with t5x's parameter tree; optional encoder input processor (soft prompt)."""
+
+    config: T5Config
+    # Factory of the module transforming the embedded encoder input (gin injects the soft prompt); None: identity.
+    encoder_input_processor_factory: Optional[Callable[[], nn.Module]] = None
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=_dtype(cfg))
+        self.encoder = Encoder(config=cfg, shared_embedding=self.token_embedder,
+                               input_processor_factory=self.encoder_input_processor_factory)
+        self.decoder = Decoder(config=cfg, shared_embedding=self.token_embedder)
+
+    def encoder_mask(self, encoder_input_tokens, prompt_index=None):
+        """bool [B, L']: which encoded positions are real (prompt positions included)."""
+        return self.encoder.mask(encoder_input_tokens, prompt_index=prompt_index)
+
+    def encode(self, encoder_input_tokens, enable_dropout=False, prompt_index=None):
+        """Encoded sequence [B, L', emb] (after the final encoder norm)."""
+        return self.encoder(encoder_input_tokens, deterministic=not enable_dropout, prompt_index=prompt_index)
+
+    def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               enable_dropout=False, decode=False, max_decode_length=None, prompt_index=None):
+        """Float32 logits [B, T, vocab] given the encoder output; `decode=True` uses/extends the 'cache'."""
+        return self.decoder(encoded, self.encoder_mask(encoder_input_tokens, prompt_index=prompt_index),
+                            decoder_input_tokens, decoder_target_tokens, deterministic=not enable_dropout,
+                            decode=decode, max_decode_length=max_decode_length)
+
+    def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+                 enable_dropout=False, decode=False, prompt_index=None):
+        encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout, prompt_index=prompt_index)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                           enable_dropout=enable_dropout, decode=decode, prompt_index=prompt_index)
