@@ -1,0 +1,54 @@
+"""Give an already-loaded model a trained prompt: `load_pretrained(path, prompt=P)` ends here."""
+import functools
+from typing import Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.checkpoint_io import read_prompt
+from prompt_tuning.prompts.processor import PromptProcessor
+
+# Models name their processor hook one of these (encoder-decoder, decoder-only).
+_HOOKS = ("encoder_input_processor_factory", "input_processor_factory")
+
+
+def _hook(module) -> str:
+    for name in _HOOKS:
+        if hasattr(module, name):
+            return name
+    raise TypeError(f"{type(module).__name__} has no input-processor hook ({' / '.join(_HOOKS)})")
+
+
+def _abstract_init(module, bank: bool):
+    tokens = jnp.ones((1, 1), jnp.int32)
+    args = (tokens, tokens) if hasattr(module, "encoder_input_processor_factory") else (tokens,)
+    index = jnp.zeros((1,), jnp.int32) if bank else None
+    return nn.unbox(jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, prompt_index=index))["params"])
+
+
+def attach_prompt(module: nn.Module, params, prompt, placement: str = "prefix") -> Tuple[nn.Module, dict]:
+    """(prompted module, params with the prompt added); the frozen params are reused as they are.
+
+    The new parameter's path is whatever the model gives its processor (found by abstract init, so
+    nothing is computed); with sharded params the prompt is replicated on their mesh.
+    """
+    value = read_prompt(prompt)
+    bank = value.shape[0] if value.ndim == 3 else None
+    factory = functools.partial(PromptProcessor, length=value.shape[-2], num_prompts=bank, placement=placement,
+                                initializer=initializers.from_array(value))
+    prompted = module.clone(**{_hook(module): factory})
+    flat = traverse_util.flatten_dict(nn.unbox(params))
+    expected = traverse_util.flatten_dict(_abstract_init(prompted, bank is not None))
+    missing = [path for path in expected if path not in flat]
+    if len(missing) != 1 or expected[missing[0]].shape != value.shape:
+        got = {"/".join(p): expected[p].shape for p in missing}
+        raise ValueError(f"attach_prompt: expected one new parameter of shape {value.shape}, model adds {got}")
+    leaf = jnp.asarray(value)
+    sharding = getattr(next(iter(flat.values())), "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        leaf = jax.device_put(leaf, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    flat[missing[0]] = leaf
+    return prompted, traverse_util.unflatten_dict(flat)

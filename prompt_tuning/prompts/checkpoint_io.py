@@ -1,0 +1,122 @@
+"""Read a prompt from wherever one is kept: arrays, .npy, PEFT adapters, checkpoints (ours, t5x).
+
+Only the prompt leaf is restored from orbax checkpoints, so pulling a prompt out of a
+checkpoint of a large frozen model costs next to nothing.  The TRAINER's extract_prompt
+script reuses `read_prompt_checkpoint`.
+"""
+import os
+from typing import Optional, Tuple
+
+import jax
+import numpy as np
+
+from prompt_tuning.prompts.peft import is_peft_adapter, load_peft_prompt
+
+# Optimizer-state subtrees that also hold leaves named like parameters.
+_STATE_KEYS = ("param_states", "opt_state", "mu", "nu")
+
+
+def _key_name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def _is_prompt(path: Tuple[str, ...], variable: Optional[str]) -> bool:
+    if variable is not None:
+        want = tuple(p for p in variable.replace(".", "/").split("/") if p)
+        return path[-len(want):] == want
+    return path[-1] == "prompt" and not any(k in path[:-1] for k in _STATE_KEYS)
+
+
+def _pick(paths, variable, where):
+    found = [p for p in paths if _is_prompt(p, variable)]
+    if len(found) != 1:
+        what = f"variable {variable!r}" if variable else "a single parameter named 'prompt'"
+        listing = ", ".join("/".join(p) for p in found) or "none"
+        raise ValueError(f"{where}: expected {what}, found {len(found)} ({listing})")
+    return found[0]
+
+
+def _orbax_item_dirs(path: str):
+    """Orbax PyTree items (directories holding _METADATA) under `path`, best first.
+
+    A training run's directory holds several steps: prefer its `best/` ones, then the newest step
+    (as the trainer's restore does).
+    """
+    items = [root for root, _, files in os.walk(path) if "_METADATA" in files]
+
+    def rank(item):
+        parts = os.path.relpath(item, path).split(os.sep)
+        steps = [int(p.rsplit("_", 1)[-1]) for p in parts if p.rsplit("_", 1)[-1].isdigit()]
+        return ("best" in parts, steps[-1] if steps else -1)
+    return sorted(items, key=rank, reverse=True)
+
+
+def _read_orbax(item_dir: str, variable: Optional[str]):
+    import jax
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(item_dir)
+    tree = getattr(metadata, "item_metadata", None) or metadata
+    tree = getattr(tree, "tree", tree)
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    paths = {tuple(_key_name(k) for k in p): p for p, _ in leaves}
+    chosen = _pick(paths, variable, item_dir)
+    # A nested dict holding only the chosen leaf; partial_restore skips everything else.
+    item = node = {}
+    for key in chosen[:-1]:
+        node = node.setdefault(key, {})
+    node[chosen[-1]] = 0
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = checkpointer.restore(
+        item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    for key in chosen:
+        restored = restored[key]
+    return np.asarray(restored)
+
+
+def read_prompt_checkpoint(path, variable: Optional[str] = None) -> np.ndarray:
+    """The prompt array stored in checkpoint `path`.
+
+    `variable`: a '/'-separated path suffix (e.g. 'encoder/prompt/prompt'); by default the one
+    leaf named 'prompt' outside optimizer state.  Orbax directories (ours, t5x's) are searched
+    for their PyTree item; legacy t5x checkpoints go through prompt_tuning.checkpoints.
+    """
+    path = os.fspath(path)
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such prompt checkpoint")
+    items = _orbax_item_dirs(path) if os.path.isdir(path) else []
+    errors = []
+    for item_dir in items:
+        try:
+            return _read_orbax(item_dir, variable)
+        except ValueError as e:  # no (unique) prompt in this item; try the next one
+            errors.append(str(e))
+    if not items:  # legacy t5x (msgpack + tensorstore)
+        from prompt_tuning.checkpoints import read_t5x_params
+        from flax import traverse_util
+        flat = traverse_util.flatten_dict(read_t5x_params(path))
+        return np.asarray(flat[_pick(flat, variable, path)])
+    raise ValueError("; ".join(errors))
+
+
+def read_prompt(prompt) -> np.ndarray:
+    """A prompt [length, embed] (or bank [n, length, embed]) from an array, .npy, PEFT dir or checkpoint."""
+    if isinstance(prompt, (np.ndarray, jax.Array)):
+        value = np.asarray(prompt, np.float32)
+    elif isinstance(prompt, (str, os.PathLike)):
+        path = os.fspath(prompt)
+        if path.endswith(".npy"):
+            value = np.load(path, allow_pickle=False)
+        elif is_peft_adapter(path):
+            value = load_peft_prompt(path)
+        else:
+            value = read_prompt_checkpoint(path)
+    else:
+        raise TypeError(f"prompt must be an array or a path (.npy, PEFT adapter dir, checkpoint), got {type(prompt)}")
+    if value.ndim not in (2, 3):
+        raise ValueError(f"prompt {prompt if isinstance(prompt, str) else ''} has shape {value.shape}; "
+                         "expected [length, embed] or [num_prompts, length, embed]")
+    return np.asarray(value, np.float32)

@@ -1,0 +1,61 @@
+"""The encoder-input processor that puts a soft prompt (or a bank of them) into the model.
+
+The Transformer calls it on the embedded encoder input (see PLAN.md, "encoder input
+processor"); gin binds `Transformer.encoder_input_processor_factory = @prompts.processor_factory()`.
+"""
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import gin
+import jax.numpy as jnp
+
+from prompt_tuning.prompts import initializers, join
+from prompt_tuning.prompts.prompt import Prompt
+
+
+def select_prompts(prompt, prompt_index, batch_size: int):
+    """[B, P, D] prompts for a batch: broadcast one prompt, or pick bank rows by `prompt_index` [B]."""
+    if prompt.ndim == 2:
+        if prompt_index is not None:
+            raise ValueError("prompt_index was given but the prompt is a single [length, embed] prompt, not a bank")
+        return jnp.broadcast_to(prompt[None], (batch_size,) + prompt.shape)
+    if prompt_index is None:
+        raise ValueError(f"a prompt bank of {prompt.shape[0]} prompts needs a per-example prompt_index [batch]")
+    return jnp.take(prompt, jnp.asarray(prompt_index, jnp.int32), axis=0)
+
+
+class PromptProcessor(Prompt):
+    """A `Prompt` that also joins itself with the embedded input.
+
+    Holding the parameter directly (not in a submodule) keeps its path t5x prompt tuning's
+    `encoder/prompt/prompt`.  num_prompts=None gives one prompt; an int gives a bank indexed per
+    example by `prompt_index`.  placement: see join.PLACEMENTS.
+    """
+
+    placement: str = "prefix"
+    eos_id: int = 1
+
+    @nn.compact
+    def __call__(self, embedded, tokens, embedding_table, prompt_index=None):
+        prompt = self.prompt_param(embedding_table)
+        if prompt.ndim == 3 and prompt_index is None and self.is_initializing():
+            prompt_index = jnp.zeros((embedded.shape[0],), jnp.int32)  # shapes only; callers' init needn't know
+        prompt = select_prompts(prompt, prompt_index, embedded.shape[0]).astype(embedded.dtype)
+        return join.join(prompt, embedded, tokens, self.placement, self.eos_id)
+
+    def mask(self, tokens, prompt_index=None):
+        at = join.insertion_points(tokens, self.placement, self.eos_id)
+        return join.joined_mask(tokens, self.length, at)
+
+
+@gin.configurable(module=initializers.GIN_MODULE)
+def processor_factory(length: int = gin.REQUIRED, initializer: Optional[initializers.Initializer] = None,
+                      placement: str = "prefix", num_prompts: Optional[int] = None, eos_id: int = 1):
+    """The model's processor factory, its settings fixed when gin evaluates it.
+
+    Flax rebuilds submodules on every `apply`; fixing the settings here (rather than making the
+    module class gin-configurable) keeps a built model independent of later gin state.
+    """
+    return functools.partial(PromptProcessor, length=length, placement=placement, num_prompts=num_prompts,
+                             eos_id=eos_id, initializer=initializers.uniform() if initializer is None else initializer)
