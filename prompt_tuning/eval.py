@@ -1,0 +1,50 @@
+"""`python -m prompt_tuning.eval --gin_file=models/..._prompt.gin --gin_file=runs/prompt_eval.gin ...`
+
+Evaluates a prompt (from a training run's checkpoint, or whatever the model gin initialises, e.g.
+PROMPT_FILE) on a task's split with its seqio metrics; writes MODEL_DIR/eval/metrics.jsonl.
+"""
+import os
+import sys
+from typing import Mapping, Optional
+
+import flax.linen as nn
+import gin
+import jax
+
+from prompt_tuning import gin_utils, partitioning
+
+
+@gin.configurable
+def evaluate(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
+             mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+             batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
+             prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
+             model_parallel_size: int = 1, seed: int = 0) -> dict:
+    """Metrics {'<task>/<metric>': value} of the prompted model."""
+    from prompt_tuning.train import loop
+    from prompt_tuning.train.evaluation import Evaluator
+    mesh = partitioning.make_mesh(model_parallel_size)
+    trainer = loop.build_trainer(model, dict(task_feature_lengths), mesh,
+                                 initial_checkpoint_path=initial_checkpoint_path, seed=seed)
+    state = loop.restore_trainable(trainer, prompt_checkpoint_path)
+    evaluator = Evaluator(trainer, mixture_or_task_name, dict(task_feature_lengths), batch_size, split=split,
+                          num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"))
+    metrics = evaluator.evaluate(state, int(jax.device_get(state.step)))
+    if jax.process_index() == 0:
+        for name, value in sorted(metrics.items()):
+            print(f"{name}: {value:.4f}")
+    return metrics
+
+
+def main(argv=None) -> dict:
+    from prompt_tuning.train.__main__ import register_configurables
+    register_configurables()
+    gin_utils.parse_cli(sys.argv[1:] if argv is None else argv, description=__doc__)
+    model_dir = gin_utils.macro("MODEL_DIR")
+    if jax.process_index() == 0 and model_dir:
+        gin_utils.write_config(model_dir, "config_eval.gin")
+    return evaluate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""`python -m prompt_tuning.infer --gin_file=models/..._prompt.gin --gin_file=runs/prompt_infer.gin ...`
+
+Decodes a task split with the prompted model and writes MODEL_DIR/inference/<task>-<split>.jsonl, one
+{"index", "inputs", "prediction", "targets"} object per example (texts decoded with the task's vocabulary).
+"""
+import json
+import os
+import sys
+from typing import Mapping, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import seqio
+
+from prompt_tuning import gin_utils, inference, partitioning
+
+
+@gin.configurable
+def infer(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
+          prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
+          model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1) -> str:
+    """Writes predictions; returns the JSON lines path."""
+    from prompt_tuning.train import data, loop
+    from prompt_tuning.train.evaluation import decoding_options, iterate_global, _gather
+    mesh = partitioning.make_mesh(model_parallel_size)
+    lengths = dict(task_feature_lengths)
+    trainer = loop.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed)
+    params = trainer.params_for_eval(loop.restore_trainable(trainer, prompt_checkpoint_path))
+    task = seqio.get_mixture_or_task(mixture_or_task_name)
+    vocab = task.output_features["targets"].vocabulary
+    in_vocab = task.output_features["inputs"].vocabulary
+    if not isinstance(task, seqio.Task):
+        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is a mixture; infer decodes one task")
+    ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+    if num_examples:
+        ds = ds.take(num_examples)
+    examples = list(ds.as_numpy_iterator())
+    model_ds = data.feature_converter()(ds, lengths).enumerate()
+    out_path = os.path.join(model_dir, "inference", f"{mixture_or_task_name}-{split}.jsonl")
+    lines = []
+    for index, n, batch in iterate_global(model_ds, batch_size, mesh):
+        tokens, _ = inference.predict_batch(model, params, batch, max_decode_len=lengths["targets"], eos_id=eos_id,
+                                            **decoding_options())
+        for i, t in zip(index, _gather(tokens)[:n]):
+            ex = examples[int(i)]
+            lines.append({"index": int(i), "inputs": in_vocab.decode(ex["inputs"].tolist()),
+                          "prediction": vocab.decode([int(x) for x in np.asarray(t) if x > 0]),
+                          "targets": vocab.decode(ex["targets"].tolist()) if "targets" in ex else None})
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        with open(out_path, "w") as f:
+            for line in lines:
+                f.write(json.dumps(line) + "\n")
+        print(f"wrote {len(lines)} predictions to {out_path}")
+    return out_path
+
+
+def main(argv=None) -> str:
+    from prompt_tuning.train.__main__ import register_configurables
+    register_configurables()
+    gin_utils.parse_cli(sys.argv[1:] if argv is None else argv, description=__doc__)
+    model_dir = gin_utils.macro("MODEL_DIR")
+    if jax.process_index() == 0 and model_dir:
+        gin_utils.write_config(model_dir, "config_infer.gin")
+    return infer()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Prompt-only checkpoints with orbax, `.npy` prompts, retention and exact resume.
+
+Layout under MODEL_DIR:
+  checkpoints/<step>/{state,meta}    trainable params + optimizer state + step (kilobytes: no frozen model);
+                                     `keep` latest kept; resume reads the newest.
+  best/<step>/{state,meta}           the best by the validation metric (`keep_best` of them).
+  numpy_checkpoints/checkpoint_<step>/<param.path>.npy   each trainable array, written atomically.
+The frozen model is never saved: it is re-read from INITIAL_CHECKPOINT_PATH, so a resume needs the same one.
+The data position is the step (see data.py) and the dropout rng is fold_in(seed, step): restoring the step
+restores both.
+"""
+import os
+from typing import Any, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from prompt_tuning.train.trainer import TrainState
+
+
+def _state_dict(state: TrainState):
+    return {"step": state.step, "trainable": state.trainable, "opt_state": state.opt_state}
+
+
+def write_npy_atomic(path: str, array) -> None:
+    """np.save to a temporary file beside `path`, then rename: readers never see a partial file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(array))
+    os.replace(tmp, path)
+
+
+def save_trainable_npy(model_dir: str, step: int, trainable) -> None:
+    """Each trainable array to numpy_checkpoints/checkpoint_<step>/<dotted path>.npy (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    for path, value in traverse_util.flatten_dict(trainable, sep=".").items():
+        write_npy_atomic(os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}", f"{path}.npy"),
+                         jax.device_get(value))
+
+
+@gin.configurable
+class Checkpointer:
+    """Saves every `period` steps and at the end; keeps `keep` latest and `keep_best` best by `metric`."""
+
+    def __init__(self, model_dir: str, period: int = 1000, keep: Optional[int] = 1,
+                 metric: Optional[str] = None, metric_mode: str = "max", keep_best: int = 1,
+                 save_npy: bool = True):
+        self.model_dir, self.period, self.metric, self.save_npy = model_dir, period, metric, save_npy
+        self.latest = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(model_dir, "checkpoints")), item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.best = None
+        if metric:
+            self.best = ocp.CheckpointManager(
+                os.path.abspath(os.path.join(model_dir, "best")), item_names=("state", "meta"),
+                options=ocp.CheckpointManagerOptions(max_to_keep=keep_best, best_fn=lambda m: m[metric],
+                                                     best_mode=metric_mode, create=True))
+
+    @staticmethod
+    def _args(state: TrainState, meta: Mapping[str, Any]):
+        return ocp.args.Composite(state=ocp.args.StandardSave(_state_dict(state)),
+                                  meta=ocp.args.JsonSave(dict(meta)))
+
+    def maybe_save(self, step: int, state: TrainState, meta: Mapping[str, Any], force: bool = False) -> bool:
+        """Saves at multiples of `period` (and when `force`); returns whether it saved."""
+        if not force and (not self.period or step % self.period):
+            return False
+        if step in self.latest.all_steps():
+            return False
+        self.latest.save(step, args=self._args(state, meta), force=True)
+        if self.save_npy:
+            save_trainable_npy(self.model_dir, step, state.trainable)
+        return True
+
+    def save_if_best(self, step: int, state: TrainState, meta: Mapping[str, Any],
+                     metrics: Mapping[str, float]) -> None:
+        """Offers this step to the best-by-metric manager (which keeps `keep_best`)."""
+        if self.best is None or self.metric not in metrics:
+            return
+        if step not in self.best.all_steps():
+            self.best.save(step, args=self._args(state, meta), metrics={self.metric: float(metrics[self.metric])},
+                           force=True)
+
+    def restore_latest(self, abstract_state: TrainState, shardings: TrainState):
+        """(state, meta) of the newest checkpoint placed with `shardings`, or (None, None) when there is none."""
+        step = self.latest.latest_step()
+        if step is None:
+            return None, None
+        return restore(self.latest, step, abstract_state, shardings)
+
+    def best_step(self) -> Optional[int]:
+        return None if self.best is None else self.best.best_step()
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        if self.best is not None:
+            self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        if self.best is not None:
+            self.best.close()
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState, shardings: TrainState):
+    target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    _state_dict(abstract_state), _state_dict(shardings))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                             meta=ocp.args.JsonRestore()))
+    s = restored["state"]
+    return TrainState(step=s["step"], trainable=s["trainable"], opt_state=s["opt_state"]), restored["meta"]
+
+
+def read_trainable(path: str, step: Optional[int] = None):
+    """The trainable params of one of our checkpoints as numpy (no model needed): for extract_prompt."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "state")):           # a step directory
+        item = os.path.join(path, "state")
+    else:                                                     # a manager directory (checkpoints/ or best/)
+        steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+        if not steps:
+            raise FileNotFoundError(f"{path}: no checkpoint step directories")
+        item = os.path.join(path, str(step if step is not None else steps[-1]), "state")
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(item)
+    return jax.tree_util.tree_map(np.asarray, tree["trainable"])

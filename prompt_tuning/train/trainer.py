@@ -1,0 +1,181 @@
+"""Train state and the jitted train step (t5x's trainer.py, prompt-only).
+
+The state holds only the trainable subtree and its optimizer state; the frozen
+parameters are a separate, never-donated argument of the step.  Gradients are
+taken with respect to the trainable subtree alone, accumulated over
+microbatches with `lax.scan`, and normalised once for the whole batch, so a
+run with M microbatches takes the same step as one with 1.
+"""
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prompt_tuning import partitioning
+from prompt_tuning.train import losses, optimizers
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 scalar: number of updates applied
+    trainable: PyTree        # the trainable subtree only (the prompt by default)
+    opt_state: PyTree        # optimizer state of `trainable` only
+
+
+def _replicated_tree(tree, mesh):
+    return jax.tree_util.tree_map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
+
+
+def _subtree_like(tree, like):
+    """The leaves of `tree` at the paths present in `like` (both nested dicts)."""
+    flat = flax.traverse_util.flatten_dict(tree)
+    return flax.traverse_util.unflatten_dict({k: flat[k] for k in flax.traverse_util.flatten_dict(like)})
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Builds the jitted train / score steps for `module` on `mesh`.
+
+    `params`: the full parameter tree (frozen model + prompt), already placed with
+    `param_shardings` (see `setup.init_params`).  Frozen leaves are cast to
+    `frozen_dtype` (e.g. 'bfloat16') when given.
+    """
+
+    module: nn.Module
+    params: PyTree
+    param_shardings: PyTree
+    mesh: Mesh
+    optimizer: optax.GradientTransformation
+    learning_rate_fn: Callable = lambda step: 0.0
+    trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX
+    num_microbatches: int = 1
+    z_loss: float = 1e-4
+    loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS
+    frozen_dtype: Optional[str] = None
+    seed: int = 0
+
+    def __post_init__(self):
+        trainable, frozen = optimizers.split_params(self.params, self.trainable_regex)
+        self.params = None  # the split halves below are the only references kept
+        self.trainable_shardings = _subtree_like(self.param_shardings, trainable)
+        self.frozen_shardings = _subtree_like(self.param_shardings, frozen)
+        if self.frozen_dtype:
+            frozen = jax.jit(lambda f: jax.tree_util.tree_map(lambda x: x.astype(self.frozen_dtype), f),
+                             out_shardings=self.frozen_shardings)(frozen)
+        self.frozen = frozen
+        self._initial_trainable = trainable
+        self.batch_sharding = partitioning.batch_sharding(self.mesh)
+        self._train_step = None
+        self._score = None
+
+    # ------------------------------------------------------------------ state
+    def state_shardings(self, state: TrainState) -> TrainState:
+        """Trainable leaves by their logical rules; step and optimizer state replicated (they are tiny)."""
+        return TrainState(step=NamedSharding(self.mesh, PartitionSpec()), trainable=self.trainable_shardings,
+                          opt_state=_replicated_tree(state.opt_state, self.mesh))
+
+    def abstract_state(self) -> TrainState:
+        return jax.eval_shape(self._make_state, self._initial_trainable)
+
+    def _make_state(self, trainable):
+        return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                          opt_state=self.optimizer.init(trainable))
+
+    def init_state(self) -> TrainState:
+        shardings = self.state_shardings(self.abstract_state())
+        return jax.jit(self._make_state, out_shardings=shardings)(self._initial_trainable)
+
+    # ------------------------------------------------------------------ step
+    def _forward(self, params, batch, enable_dropout, rng=None):
+        rngs = {"dropout": rng} if enable_dropout else None
+        return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                                 batch["decoder_target_tokens"], enable_dropout=enable_dropout, rngs=rngs)
+
+    def _microbatch_grads(self, trainable, frozen, batch, rng):
+        def loss_fn(tr):
+            logits = self._forward(optimizers.merge_params(tr, frozen), batch, True, rng)
+            sums = losses.loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+                                    self.z_loss)
+            return sums["loss"], sums
+        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        return grads, sums
+
+    def _split_microbatches(self, batch):
+        """[B, ...] -> [M, B/M, ...], microbatch i = rows i, i+M, ... so every device keeps its own rows."""
+        m = self.num_microbatches
+
+        def split(x):
+            if x.shape[0] % m:
+                raise ValueError(f"batch size {x.shape[0]} is not divisible by num_microbatches={m}")
+            x = x.reshape((x.shape[0] // m, m) + x.shape[1:]).swapaxes(0, 1)
+            spec = PartitionSpec(None, "data", *([None] * (x.ndim - 2)))
+            return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+        return jax.tree_util.tree_map(split, batch)
+
+    def _step(self, frozen, state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
+        if self.num_microbatches <= 1:
+            grads, sums = self._microbatch_grads(state.trainable, frozen, batch, rng)
+        else:
+            micro = self._split_microbatches(batch)
+
+            def body(carry, xs):
+                index, mb = xs
+                g, s = self._microbatch_grads(state.trainable, frozen, mb, jax.random.fold_in(rng, index))
+                return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
+            zeros = jax.eval_shape(self._microbatch_grads, state.trainable, frozen,
+                                   jax.tree_util.tree_map(lambda x: x[0], micro), rng)
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+            (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(self.num_microbatches), micro))
+        norm = losses.normalizer(sums, self.loss_normalizing_factor)
+        grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        metrics = {
+            "loss": sums["loss"] / norm,
+            "z_loss": sums["z_loss"] / norm,
+            "cross_ent_loss_per_token": (sums["loss"] - sums["z_loss"]) / jnp.maximum(sums["weight"], 1.0),
+            "accuracy": sums["correct"] / jnp.maximum(sums["weight"], 1.0),
+            "num_tokens": sums["weight"],
+            "num_examples": sums["examples"],
+            "learning_rate": jnp.asarray(self.learning_rate_fn(state.step), jnp.float32),
+            "grad_norm": optax.tree.norm(grads),  # of the trainable subtree only
+        }
+        return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+
+    def train_step(self, state: TrainState, batch: Batch):
+        """One update; `batch` is a dict of global jax.Arrays sharded on 'data' (see `data.to_global`)."""
+        if self._train_step is None:
+            shardings = self.state_shardings(state)
+            self._train_step = jax.jit(
+                self._step, in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
+                out_shardings=(shardings, NamedSharding(self.mesh, PartitionSpec())), donate_argnums=(1,))
+        return self._train_step(self.frozen, state, batch)
+
+    # ------------------------------------------------------------------ eval
+    def params_for_eval(self, state: TrainState) -> PyTree:
+        return optimizers.merge_params(state.trainable, self.frozen)
+
+    def score_batch(self, state: TrainState, batch: Batch) -> jax.Array:
+        """Summed log-likelihood of each example's targets (rank classification)."""
+        if self._score is None:
+            def score(frozen, trainable, batch):
+                logits = self._forward(optimizers.merge_params(trainable, frozen), batch, False)
+                return losses.sequence_scores(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+            self._score = jax.jit(score, in_shardings=(self.frozen_shardings, self.trainable_shardings,
+                                                       self.batch_sharding),
+                                  out_shardings=NamedSharding(self.mesh, PartitionSpec()))
+        return self._score(self.frozen, state.trainable, batch)
+
+
+def get_metrics(metrics: Dict[str, jax.Array]) -> Dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}

@@ -1,0 +1,219 @@
+"""Trainer, optimizer, checkpoints, resume and evaluation on a tiny T5 and a tiny in-memory seqio task."""
+import functools
+import json
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from prompt_tuning import partitioning
+from prompt_tuning.prompts.processor import PromptProcessor
+from prompt_tuning.t5.network import Transformer
+from prompt_tuning.train import checkpointing, data, loop, losses, optimizers, params as params_lib, testing
+from prompt_tuning.train import trainer as trainer_lib
+from prompt_tuning.train.evaluation import Evaluator
+
+LENGTHS = {"inputs": 12, "targets": 4}
+PROMPT_PATH = ("encoder", "prompt", "prompt")
+
+
+def tiny_module(dropout=0.0):
+    return Transformer(testing.tiny_config(dropout_rate=dropout),
+                       encoder_input_processor_factory=functools.partial(PromptProcessor, length=3))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return partitioning.make_mesh(2)   # 4 data x 2 model over the 8 simulated devices
+
+
+@pytest.fixture(scope="module")
+def batch(mesh):
+    ds = data.get_dataset(data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8))
+    return data.to_global(next(data.numpy_batches(ds)), mesh)
+
+
+def make_trainer(mesh, **kwargs):
+    module = tiny_module()
+    params, shardings = params_lib.init_params(module, params_lib.dummy_inputs(LENGTHS), mesh,
+                                               jax.random.PRNGKey(0))
+    tx, schedule = optimizers.make_optimizer()
+    return trainer_lib.Trainer(module, params, shardings, mesh, tx, schedule, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(mesh, batch):
+    """A trainer and the states before / after 8 steps on one fixed batch (compiled once for the module)."""
+    trainer = make_trainer(mesh)
+    state0 = trainer.init_state()
+    initial = jax.device_get(state0.trainable)
+    state, losses_seen = state0, []
+    for _ in range(8):
+        state, metrics = trainer.train_step(state, batch)
+        losses_seen.append(float(metrics["loss"]))
+    return trainer, initial, state, losses_seen
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+def test_adafactor_matches_t5x_update_by_hand():
+    """One step of t5x's Adafactor (unfactored, no parameter scale, clip 1, decay not scaled by lr)."""
+    p = {"prompt": jnp.array([[0.5, -1.0], [2.0, 0.25]])}
+    g = {"prompt": jnp.array([[0.1, -0.2], [0.3, 0.0]])}
+    tx = optimizers.adafactor(learning_rate=0.3, weight_decay_rate=1e-5)
+    updates, _ = tx.update(g, tx.init(p), p)
+    decay = 1.0 - 1.0 ** -0.8                            # step 0: t5x's 1 - (step+1)^-0.8 = 0
+    v = decay * 0 + (1 - decay) * (np.square(g["prompt"]) + 1e-30)
+    y = g["prompt"] / np.sqrt(v)
+    y = y / max(1.0, np.sqrt(np.mean(y * y)) / 1.0)
+    expected = (1 - 1e-5) * p["prompt"] - 0.3 * y
+    np.testing.assert_allclose(p["prompt"] + updates["prompt"], expected, rtol=1e-6)
+
+
+def test_split_merge_and_regex():
+    params = {"encoder": {"prompt": {"prompt": 1}, "layers_0": {"pre_attention_layer_norm": {"scale": 2}}},
+              "decoder": {"logits_dense": {"kernel": 3}}}
+    trainable, frozen = optimizers.split_params(params)
+    assert traverse_util.flatten_dict(trainable, sep="/") == {"encoder/prompt/prompt": 1}
+    assert optimizers.merge_params(trainable, frozen) == params
+    both, _ = optimizers.split_params(params, ".*prompt.*|.*layer_norm.*")
+    assert len(traverse_util.flatten_dict(both)) == 2
+    with pytest.raises(ValueError, match="matches no parameter"):
+        optimizers.split_params(params, "nothing")
+
+
+def test_loss_normalisation():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5))
+    targets = jnp.array([[1, 2, 0], [3, 0, 0]])
+    weights = (targets > 0).astype(jnp.float32)
+    sums = losses.loss_sums(logits, targets, weights)
+    per_token = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(sums["loss"], jnp.sum(per_token * weights), rtol=1e-6)
+    assert float(losses.normalizer(sums, losses.NUM_REAL_TARGET_TOKENS)) == 3.0
+    assert float(losses.normalizer(sums, None)) == 1.0
+    z = losses.loss_sums(logits, targets, weights, z_loss=1e-4)["z_loss"]
+    np.testing.assert_allclose(z, 1e-4 * jnp.sum(jnp.square(jax.nn.logsumexp(logits, -1)) * weights), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- train step
+def test_only_the_prompt_has_state_and_changes(trained):
+    trainer, initial, state, losses_seen = trained
+    assert list(traverse_util.flatten_dict(state.trainable)) == [PROMPT_PATH]
+    # Optimizer state exists for the prompt only: no leaf has a frozen weight's shape.
+    frozen_shapes = {x.shape for x in jax.tree_util.tree_leaves(trainer.frozen)} - {(3, 16), (16,)}
+    assert not any(x.shape in frozen_shapes for x in jax.tree_util.tree_leaves(state.opt_state))
+    assert not np.allclose(initial["encoder"]["prompt"]["prompt"], state.trainable["encoder"]["prompt"]["prompt"])
+    assert losses_seen[-1] < losses_seen[0]
+
+
+def test_frozen_weights_untouched_and_placed(trained, mesh):
+    trainer, _, _, _ = trained
+    fresh, _ = params_lib.init_params(tiny_module(), params_lib.dummy_inputs(LENGTHS), mesh, jax.random.PRNGKey(0))
+    _, fresh_frozen = optimizers.split_params(fresh)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(fresh_frozen),
+                           jax.device_get(trainer.frozen))
+    embedding = trainer.frozen["token_embedder"]["embedding"]
+    assert embedding.sharding.spec == jax.sharding.PartitionSpec("model", None)   # ('vocab', 'embed') rules
+
+
+def test_microbatches_give_the_same_step(mesh, batch, trained):
+    trainer1, _, _, _ = trained
+    trainer2 = make_trainer(mesh, num_microbatches=2)
+    s1, m1 = trainer1.train_step(trainer1.init_state(), batch)
+    s2, m2 = trainer2.train_step(trainer2.init_state(), batch)
+    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(s1.trainable["encoder"]["prompt"]["prompt"],
+                               s2.trainable["encoder"]["prompt"]["prompt"], rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_bfloat16(mesh, batch):
+    trainer = make_trainer(mesh, frozen_dtype="bfloat16")
+    assert {x.dtype for x in jax.tree_util.tree_leaves(trainer.frozen)} == {jnp.dtype("bfloat16")}
+    state, metrics = trainer.train_step(trainer.init_state(), batch)
+    assert state.trainable["encoder"]["prompt"]["prompt"].dtype == jnp.float32
+    assert np.isfinite(float(metrics["loss"]))
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def _run(model_dir, steps, stop_after=None, eval_period=0, metric=None):
+    gin.clear_config()
+    gin.bind_parameter("Checkpointer.period", 2)
+    gin.bind_parameter("Checkpointer.keep", 2)
+    if metric:
+        gin.bind_parameter("Checkpointer.metric", metric)
+    try:
+        return loop.train(model_dir=str(model_dir), model=tiny_module(dropout=0.1),
+                          train_dataset_cfg=data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8),
+                          train_steps=steps, stop_after=stop_after, eval_period=eval_period, log_every=2,
+                          model_parallel_size=2)
+    finally:
+        gin.clear_config()
+
+
+def _prompt(history):
+    return np.asarray(jax.device_get(history["state"].trainable["encoder"]["prompt"]["prompt"]))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("full")
+    return model_dir, _run(model_dir, 6, eval_period=3, metric=f"{testing.TINY_TASK}/accuracy")
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_prompt(full_run, tmp_path):
+    _, history = full_run
+    first = _run(tmp_path, 6, stop_after=3)      # "preempted" after step 3 (checkpoint at step 3 is forced)
+    assert first["step"] == 3
+    resumed = _run(tmp_path, 6)
+    assert resumed["step"] == 6
+    np.testing.assert_array_equal(_prompt(history), _prompt(resumed))   # same data, same dropout rng
+
+
+def test_checkpoint_files(full_run):
+    model_dir, history = full_run
+    steps = sorted(int(d) for d in os.listdir(model_dir / "checkpoints"))
+    assert steps == [4, 6]                          # keep=2
+    size = sum(f.stat().st_size for f in (model_dir / "checkpoints" / "6").rglob("*") if f.is_file())
+    assert size < 200_000                           # prompt + optimizer state only, no frozen model
+    npy = np.load(model_dir / "numpy_checkpoints" / "checkpoint_6" / "encoder.prompt.prompt.npy")
+    np.testing.assert_array_equal(npy, _prompt(history))
+    assert not [p for p in (model_dir / "numpy_checkpoints").rglob("*tmp*")]
+    assert history["best_step"] in (3, 6) and os.listdir(model_dir / "best")
+    assert (model_dir / "training_curves.png").stat().st_size > 1000
+    lines = [json.loads(x) for x in open(model_dir / "eval" / "metrics.jsonl")]
+    assert [x["step"] for x in lines] == [3, 6] and f"{testing.TINY_TASK}/accuracy" in lines[0]
+    assert list((model_dir / "train").glob("events.out.tfevents*"))
+
+
+def test_extract_prompt(full_run, tmp_path):
+    from prompt_tuning.scripts import extract_prompt
+    model_dir, history = full_run
+    out = tmp_path / "p.npy"
+    extract_prompt.main([str(model_dir / "checkpoints"), str(out)])
+    np.testing.assert_array_equal(np.load(out), _prompt(history))
+    extract_prompt.main([str(model_dir / "checkpoints"), str(out), "--step", "4"])
+    np.testing.assert_array_equal(
+        np.load(out), np.load(model_dir / "numpy_checkpoints" / "checkpoint_4" / "encoder.prompt.prompt.npy"))
+
+
+def test_restore_trainable_for_eval(full_run):
+    model_dir, history = full_run
+    state = loop.restore_trainable(history["trainer"], str(model_dir / "checkpoints"))
+    np.testing.assert_array_equal(np.asarray(state.trainable["encoder"]["prompt"]["prompt"]), _prompt(history))
+
+
+def test_score_evaluation_matches_direct_scores(trained, tmp_path):
+    trainer, _, state, _ = trained
+    evaluator = Evaluator(trainer, testing.TINY_SCORE_TASK, LENGTHS, batch_size=8, output_dir=str(tmp_path))
+    metrics = evaluator.evaluate(state, step=8)
+    # Direct: the same 16 validation examples scored with the loss function's log-likelihoods.
+    ds = data.get_dataset(data.DatasetConfig(testing.TINY_SCORE_TASK, LENGTHS, split="validation", batch_size=16,
+                                             shuffle=False), num_epochs=1)
+    batch = next(data.numpy_batches(ds))
+    logits = trainer._forward(trainer.params_for_eval(state), batch, False)
+    direct = losses.sequence_scores(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+    np.testing.assert_allclose(metrics[f"{testing.TINY_SCORE_TASK}/mean_score"], float(jnp.mean(direct)),
+                               rtol=1e-5)
