@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "gin-config==0.5.0",
     "clu==0.0.12",
+    "tensorboard==2.21.0",  # clu's summary writers
     "sentencepiece==0.2.3",
     "msgpack",
     "safetensors",
@@ -40,7 +41,8 @@ setuptools.setup(
     # tasks/ and gin/ live at the top level (the design card's layout) but
     # install under the package, so nothing imports as a bare `tasks`.
     package_dir={"prompt_tuning.tasks": "tasks", "prompt_tuning.gin": "gin"},
-    package_data={"prompt_tuning.gin": ["**/*.gin"]},
+    # The main job's tiny pretrained checkpoint (t5x Orbax) ships with the package.
+    package_data={"prompt_tuning.gin": ["**/*.gin"], "prompt_tuning": ["assets/**/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

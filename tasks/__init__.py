@@ -6,7 +6,7 @@ Importing this package registers every task and mixture with seqio:
   glue_{mrpc_from_qqp,qqp_from_mrpc}_v002 (+ _zeroshot_v002 mixtures),
   each also as taskless_<name> (no task-name word) and, for classification, <name>_rank;
   mixtures super_glue_v102_proportional, glue_v002_proportional, super_glue_wsc_and_dev_v102_simple.
-  synthetic_pretrain and synthetic_contains_g (offline, for the main job; see synthetic.py).
+  synthetic_pretrain and synthetic_second_letter (offline, for the main job; see synthetic.py).
 Data source (TFDS or official files) and vocabulary: see sources.py and vocab.py.
 """
 from prompt_tuning.tasks import glue  # noqa: F401

@@ -1,10 +1,10 @@
 """Synthetic text-to-text tasks: the README's main job runs on these, offline, in minutes.
 
 A tiny T5 is pretrained by `prompt_tuning.scripts.pretrain_tiny` on `synthetic_pretrain`, a mixture of
-string skills over the letters a-h, each selected by a text prefix ("reverse: ...", "contains c: ...").
-Prompt tuning then learns `synthetic_contains_g`, a task the model never saw: inputs come with no prefix,
-and the answer is whether the letter 'g' occurs ('contains g' is held out of pretraining, every other
-letter is not).  Examples are generated from fixed seeds, so every split is deterministic.
+string skills over the letters a-h, each selected by a text prefix: "first: ...", "last: ..." and
+"contains L: ..." for every letter L.  Prompt tuning then learns `synthetic_second_letter`, a skill the
+model never saw, in a format it never saw: a bare string (no prefix), answered by its second letter.
+Examples are generated from fixed seeds, so every split is deterministic.
 """
 import random
 from typing import Callable, Dict, List, Tuple
@@ -13,7 +13,6 @@ import seqio
 import tensorflow as tf
 
 ALPHABET = "abcdefgh"
-HELD_OUT_LETTER = "g"
 LABELS = ("no", "yes")
 VOCABULARY = seqio.ByteVocabulary()
 OUTPUT_FEATURES = {
@@ -52,14 +51,12 @@ def _skill(name: str, fn: Callable[[str], str]) -> Callable[[random.Random], Tup
     return make
 
 
+# Skills a 2-layer T5 learns in minutes (copying or reversing whole strings needs absolute positions,
+# which T5's relative attention makes slow to learn at this size).
 PRETRAINING_SKILLS = [
-    _skill("copy", lambda s: s),
-    _skill("reverse", lambda s: s[::-1]),
-    _skill("sort", lambda s: "".join(sorted(s))),
     _skill("first", lambda s: s[0]),
     _skill("last", lambda s: s[-1]),
-    _skill("count a", lambda s: str(s.count("a"))),
-] + [_contains(letter) for letter in ALPHABET if letter != HELD_OUT_LETTER]
+] + [_contains(letter) for letter in ALPHABET]
 
 
 def _pretrain_example(rng: random.Random) -> Tuple[str, str]:
@@ -67,8 +64,8 @@ def _pretrain_example(rng: random.Random) -> Tuple[str, str]:
 
 
 def _held_out_example(rng: random.Random) -> Tuple[str, str]:
-    inputs, target = _contains(HELD_OUT_LETTER)(rng)
-    return inputs.split(": ", 1)[1], target  # No prefix: the prompt has to stand in for it.
+    text = _letters(rng)
+    return text, text[1]  # No prefix: the prompt has to stand in for one.
 
 
 def _dataset_fn(make_example: Callable[[random.Random], Tuple[str, str]]):
@@ -80,6 +77,13 @@ def _dataset_fn(make_example: Callable[[random.Random], Tuple[str, str]]):
         return tf.data.Dataset.from_tensor_slices({"inputs": list(inputs), "targets": list(targets)})
 
     return dataset_fn
+
+
+def held_out_majority_baseline(split: str = "validation") -> float:
+    """Accuracy (%) of always answering the held-out task's most frequent label on `split`."""
+    rng = random.Random(_SPLIT_SEEDS[split])
+    labels = [_held_out_example(rng)[1] for _ in range(_SPLIT_SIZES[split])]
+    return 100.0 * max(labels.count(label) for label in set(labels)) / len(labels)
 
 
 def _register(name: str, make_example, metrics) -> None:
@@ -102,6 +106,6 @@ def accuracy(targets, predictions) -> Dict[str, float]:
 
 
 PRETRAIN_TASK = "synthetic_pretrain"
-HELD_OUT_TASK = "synthetic_contains_g"
+HELD_OUT_TASK = "synthetic_second_letter"
 _register(PRETRAIN_TASK, _pretrain_example, [accuracy])
 _register(HELD_OUT_TASK, _held_out_example, [accuracy])
