@@ -1,0 +1,365 @@
+"""Benchmark W-small: prompt-tuning train step, eval scoring and greedy decoding, ours vs PyTorch + PEFT.
+
+Workload W-small: T5 1.1 small dimensions (vocab 32128, d_model 512, 6 heads of 64, d_ff 1024, 8+8 layers,
+gated-gelu, untied head), batch 8, 412 input tokens + 100 prompt tokens, 8 target tokens, float32 on CPU,
+random weights (timing only).
+
+    python bench/bench_w_small.py                      # everything, prints a table and the ratios
+    python bench/bench_w_small.py --systems ours --phases train --steps 5 --microbatches 4
+    python bench/analyze_step.py --microbatches 4     # compile only: FLOPs, temp memory, dot shapes
+
+Results and what moved them: BENCHMARKS.md at the repository root.
+
+Every (system, phase) runs in its own child process, so peak memory is that phase's alone:
+  * peak_rss:  the child's ru_maxrss (setup + compile + warm-up + timed steps);
+  * step_rss:  VmHWM over the timed steps only (reset through /proc/self/clear_refs after warm-up).
+Times: warm-up calls are excluded; the median of the timed calls is reported.
+
+Systems:
+  ours       prompt_tuning's real Trainer.train_step / Trainer.score_batch / inference decoding, float32.
+  ours_bf16  the same with bfloat16 activations (T5Config.dtype) and bfloat16 frozen weights.
+  peft       transformers T5ForConditionalGeneration + peft PromptTuningConfig(num_virtual_tokens=100);
+             optimizer: transformers' Adafactor with the paper's settings (lr 0.3, decay -0.8, no parameter
+             scaling, clip 1.0, weight decay 1e-5), over the prompt only.  Needs the `torch` extra.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 412, 100, 8
+VOCAB = 32128
+SYSTEMS = ("ours", "ours_bf16", "peft")
+PHASES = ("train", "score", "decode")
+
+
+# --------------------------------------------------------------------------------------------------- memory
+def _vm_hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --------------------------------------------------------------------------------------------------- data
+def make_batch(seed: int = 0):
+    """Full-length random inputs (no padding) ending in EOS; targets of 8 real tokens ending in EOS."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(3, VOCAB, (BATCH, INPUT_LEN), dtype=np.int32)
+    inputs[:, -1] = 1
+    targets = rng.integers(3, VOCAB, (BATCH, TARGET_LEN), dtype=np.int32)
+    targets[:, -1] = 1
+    decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
+            "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _time_calls(fn, warmup: int, steps: int):
+    """Wall times of `steps` calls after `warmup` untimed ones; also their CPU seconds and the calls' peak RSS."""
+    for _ in range(warmup):
+        fn()
+    reset_ok = _reset_hwm()
+    times, cpu = [], []
+    for _ in range(steps):
+        c0, t0 = _cpu_s(), time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(_cpu_s() - c0)
+    return times, cpu, (_vm_hwm_bytes() if reset_ok else None)
+
+
+# --------------------------------------------------------------------------------------------------- ours
+def _ours_setup(args, bf16: bool):
+    import functools
+
+    import jax
+    import numpy as np
+
+    from prompt_tuning import partitioning
+    from prompt_tuning.prompts import PromptProcessor, initializers
+    from prompt_tuning.t5 import config as t5config
+    from prompt_tuning.t5 import network
+    from prompt_tuning.train import optimizers, params as tparams, trainer as ttrainer
+
+    overrides = {"dtype": "bfloat16"} if bf16 else {}
+    if args.remat != "none":
+        overrides["remat_policy"] = args.remat
+    cfg = t5config.get_config("t5_1_1", "small", **overrides)
+    processor = functools.partial(PromptProcessor, length=PROMPT_LEN, initializer=initializers.uniform())
+    module = network.Transformer(config=cfg, encoder_input_processor_factory=processor)
+    mesh = partitioning.make_mesh()
+    inputs = tparams.dummy_inputs({"inputs": INPUT_LEN, "targets": TARGET_LEN}, batch_size=BATCH)
+    params, shardings = tparams.init_params(module, inputs, mesh, jax.random.PRNGKey(0))
+    tx = optimizers.adafactor(learning_rate=0.3)
+    frozen_dtype = "bfloat16" if (bf16 and not args.f32_frozen) else None
+    trainer = ttrainer.Trainer(module=module, params=params, param_shardings=shardings, mesh=mesh, optimizer=tx,
+                               learning_rate_fn=lambda step: 0.3, num_microbatches=args.microbatches,
+                               frozen_dtype=frozen_dtype, z_loss=1e-4)
+    del params
+    state = trainer.init_state()
+    # jax.device_put with the trainer's batch sharding = data.to_global on one process, without importing
+    # tensorflow/seqio (which would add ~0.5 GB of RSS that PEFT does not pay).
+    batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in make_batch().items()}
+    return module, trainer, state, batch, mesh, np
+
+
+def run_ours(phase: str, args, bf16: bool):
+    import jax
+
+    module, trainer, state, batch, mesh, np = _ours_setup(args, bf16)
+    box = {"state": state}
+    if phase == "train":
+        def call():
+            box["state"], metrics = trainer.train_step(box["state"], batch)
+            jax.block_until_ready(metrics["loss"])
+        calls_per_example = BATCH
+    elif phase == "score":
+        score = trainer.score_batch if args.score_chunks <= 1 else _chunked_score(trainer, args.score_chunks)
+
+        def call():
+            jax.block_until_ready(score(box["state"], batch))
+        calls_per_example = BATCH
+    else:
+        decode = _ours_decoder(module, trainer, state, mesh)
+        enc = batch["encoder_input_tokens"]
+
+        def call():
+            jax.block_until_ready(decode(enc))
+        calls_per_example = BATCH
+    times, cpu, step_rss = _time_calls(call, args.warmup, args.steps)
+    return times, cpu, step_rss, calls_per_example
+
+
+def _chunked_score(trainer, chunks: int):
+    """PROTOTYPE (not the project's code): Trainer.score_batch run as `lax.map` over `chunks` batch slices.
+
+    Same maths as `Trainer.score_batch` (its `_forward` + `losses.sequence_scores`); only the batch is cut so
+    the [b, heads, L, L] attention tensors stay cache-sized.  Measured here to size the change for its owner.
+    """
+    import jax
+    from prompt_tuning.train import losses, optimizers
+
+    def score(frozen, trainable, batch):
+        params = optimizers.merge_params(trainable, frozen)
+        split = jax.tree_util.tree_map(lambda x: x.reshape((chunks, x.shape[0] // chunks) + x.shape[1:]), batch)
+
+        def one(b):
+            logits = trainer._forward(params, b, False)
+            return losses.sequence_scores(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+        return jax.lax.map(one, split).reshape(-1)
+    jitted = jax.jit(score)
+    return lambda state, batch: jitted(trainer.frozen, state.trainable, batch)
+
+
+def _ours_decoder(module, trainer, state, mesh):
+    """Greedy decoding through the project's inference entry point (`prompt_tuning.inference.predict_batch`)."""
+    from prompt_tuning import inference
+    params = trainer.params_for_eval(state)
+
+    def decode(encoder_input_tokens):
+        return inference.predict_batch(module, params, {"encoder_input_tokens": encoder_input_tokens},
+                                       method="greedy", max_decode_len=TARGET_LEN)
+    return decode
+
+
+# --------------------------------------------------------------------------------------------------- peft
+def _peft_setup(args):
+    import torch
+    import transformers
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads or os.cpu_count())
+    cfg = transformers.T5Config(vocab_size=VOCAB, d_model=512, d_kv=64, d_ff=1024, num_layers=8,
+                                num_decoder_layers=8, num_heads=6, feed_forward_proj="gated-gelu",
+                                tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
+                                pad_token_id=0, eos_token_id=1)
+    base = transformers.T5ForConditionalGeneration(cfg)
+    model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=PROMPT_LEN))
+    b = make_batch()
+    batch = {k: torch.from_numpy(v) for k, v in b.items()}
+    return torch, transformers, model, batch
+
+
+def run_peft(phase: str, args):
+    torch, transformers, model, b = _peft_setup(args)
+    input_ids = b["encoder_input_tokens"].long()
+    attention_mask = (input_ids > 0).long()
+    labels = b["decoder_target_tokens"].long()
+    if phase == "train":
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert sum(p.numel() for p in trainable) <= 2 * PROMPT_LEN * 512, "PEFT trains more than the prompt"
+        opt = transformers.optimization.Adafactor(trainable, lr=0.3, decay_rate=-0.8, scale_parameter=False,
+                                                  relative_step=False, warmup_init=False, clip_threshold=1.0,
+                                                  weight_decay=1e-5)
+
+        def call():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    elif phase == "score":
+        model.eval()
+
+        def call():
+            with torch.inference_mode():
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                return logp.gather(-1, labels[..., None])[..., 0].sum(-1)
+    else:
+        model.eval()
+
+        def call():
+            with torch.inference_mode():
+                return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=TARGET_LEN,
+                                      min_new_tokens=TARGET_LEN, do_sample=False, num_beams=1)
+    times, cpu, step_rss = _time_calls(call, args.warmup, args.steps)
+    return times, cpu, step_rss, BATCH
+
+
+# --------------------------------------------------------------------------------------------------- driver
+def worker(args):
+    system, phase = args.worker
+    t0 = time.perf_counter()
+    if system == "peft":
+        times, cpu, step_rss, per_call = run_peft(phase, args)
+    else:
+        times, cpu, step_rss, per_call = run_ours(phase, args, bf16=(system == "ours_bf16"))
+    med = statistics.median(times)
+    print("RESULT " + json.dumps({
+        "system": system, "phase": phase, "median_s": med, "times_s": times,
+        "cpu_median_s": statistics.median(cpu), "xla_flags": os.environ.get("XLA_FLAGS", ""), "steps_per_s": 1.0 / med,
+        "examples_per_s": per_call / med, "peak_rss_bytes": _maxrss_bytes(), "step_rss_bytes": step_rss,
+        "wall_s": time.perf_counter() - t0}), flush=True)
+
+
+def _loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
+def _wait_for_load(limit: float, timeout_s: float = 600.0):
+    if limit <= 0:
+        return
+    t0 = time.time()
+    while float(_loadavg()[0]) >= limit and time.time() - t0 < timeout_s:
+        time.sleep(5)
+
+
+def _gb(x):
+    return "-" if x is None else f"{x / 2**30:.2f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--phases", default=",".join(PHASES))
+    p.add_argument("--steps", type=int, default=5, help="timed calls per phase (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (compile + warm caches)")
+    p.add_argument("--microbatches", type=int, default=4,
+                   help="ours: Trainer num_microbatches (gradient accumulation); 4 was fastest and leanest here")
+    p.add_argument("--remat", default="none", help="ours: T5Config.remat_policy (none/full/minimal)")
+    p.add_argument("--score-chunks", type=int, default=1,
+                   help="ours: PROTOTYPE chunked scoring (lax.map over N batch slices); 1 = Trainer.score_batch")
+    p.add_argument("--f32-frozen", action="store_true", help="ours_bf16: keep frozen weights float32")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--xla-flags", default=None,
+                   help="XLA_FLAGS for our children, written --xla-flags='--flag=value ...' (default: the environment's)")
+    p.add_argument("--wait-load", type=float, default=0.0,
+                   help="before each child, wait (up to 10 min) until the 1-minute load average is below this")
+    p.add_argument("--json", help="also write the results as JSON lines here")
+    p.add_argument("--worker", nargs=2, metavar=("SYSTEM", "PHASE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    systems = [s for s in args.systems.split(",") if s]
+    phases = [s for s in args.phases.split(",") if s]
+    for s in systems:
+        if s not in SYSTEMS:
+            p.error(f"--systems: unknown {s!r}; known: {', '.join(SYSTEMS)}")
+    for s in phases:
+        if s not in PHASES:
+            p.error(f"--phases: unknown {s!r}; known: {', '.join(PHASES)}")
+    if "peft" in systems:
+        try:
+            import peft  # noqa: F401
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError:
+            print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baseline")
+            systems.remove("peft")
+
+    print(f"W-small: batch {BATCH}, {INPUT_LEN} input + {PROMPT_LEN} prompt tokens, {TARGET_LEN} targets; "
+          f"{args.warmup} warm-up + {args.steps} timed calls; ours microbatches={args.microbatches} "
+          f"remat={args.remat}; load average at start {' '.join(_loadavg())}", flush=True)
+    results = {}
+    passthrough = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--microbatches",
+                   str(args.microbatches), "--remat", args.remat, "--threads", str(args.threads)]
+    if args.f32_frozen:
+        passthrough.append("--f32-frozen")
+    passthrough += ["--score-chunks", str(args.score_chunks)]
+    for phase in phases:
+        for system in systems:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, phase] + passthrough
+            env = dict(os.environ)
+            if args.xla_flags is not None and system != "peft":
+                env["XLA_FLAGS"] = args.xla_flags
+            _wait_for_load(args.wait_load)
+            load_before = " ".join(_loadavg())
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{system}/{phase} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+                continue
+            r = json.loads(line[-1][len("RESULT "):])
+            r["load_before"], r["load_after"] = load_before, " ".join(_loadavg())
+            results[(system, phase)] = r
+            print(f"{system:10s} {phase:7s} {r['median_s']:7.3f} s/call  {r['steps_per_s']:6.3f} calls/s  "
+                  f"{r['examples_per_s']:6.2f} ex/s  peak {_gb(r['peak_rss_bytes'])} GB  "
+                  f"steps {_gb(r['step_rss_bytes'])} GB  cpu {r['cpu_median_s']:.2f} s/call  "
+                  f"[{' '.join(f'{t:.2f}' for t in r['times_s'])}]  load {r['load_before']} -> {r['load_after']}",
+                  flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    for phase in phases:
+        base = results.get(("peft", phase))
+        if not base:
+            continue
+        for system in systems:
+            r = results.get((system, phase))
+            if system == "peft" or not r:
+                continue
+            print(f"ratio {system}/peft {phase:7s}: speed {r['examples_per_s'] / base['examples_per_s']:.2f}x  "
+                  f"peak memory {r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x  "
+                  f"step memory {(r['step_rss_bytes'] or 0) / max(base['step_rss_bytes'] or 1, 1):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
