@@ -4,7 +4,6 @@ Evaluates a prompt (from a training run's checkpoint, or whatever the model gin 
 PROMPT_FILE) on a task's split with its seqio metrics; writes MODEL_DIR/eval/metrics.jsonl.
 """
 import os
-import sys
 from typing import Mapping, Optional
 
 import flax.linen as nn
@@ -37,13 +36,7 @@ def evaluate(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
 
 
 def main(argv=None) -> dict:
-    from prompt_tuning.train.__main__ import register_configurables
-    register_configurables()
-    gin_utils.parse_cli(sys.argv[1:] if argv is None else argv, description=__doc__)
-    model_dir = gin_utils.macro("MODEL_DIR")
-    if jax.process_index() == 0 and model_dir:
-        gin_utils.write_config(model_dir, "config_eval.gin")
-    return evaluate()
+    return gin_utils.run_cli(evaluate, argv, __doc__, "config_eval.gin")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import difflib
 import importlib.resources
 import logging
 import os
-from typing import Iterable, List, Sequence, Set, Tuple
+import sys
+from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
 import gin
 from gin import config as gin_config
@@ -154,3 +155,15 @@ def parse_cli(argv: Sequence[str], description: str, extra_flags=None) -> argpar
     except GinConfigError as e:
         raise SystemExit(f"gin error: {e}") from None
     return args
+
+
+def run_cli(fn, argv: Optional[Sequence[str]], description: str, config_filename: str = "config.gin"):
+    """The CLIs' shared main: parse flags and gin, write the effective config to MODEL_DIR, return `fn()`."""
+    import jax
+    from prompt_tuning.train.__main__ import register_configurables
+    register_configurables()
+    parse_cli(sys.argv[1:] if argv is None else argv, description=description)
+    model_dir = macro("MODEL_DIR")
+    if jax.process_index() == 0 and model_dir:
+        write_config(model_dir, config_filename)
+    return fn()

@@ -5,7 +5,6 @@ Decodes a task split with the prompted model and writes MODEL_DIR/inference/<tas
 """
 import json
 import os
-import sys
 from typing import Mapping, Optional
 
 import flax.linen as nn
@@ -60,13 +59,7 @@ def infer(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
 
 
 def main(argv=None) -> str:
-    from prompt_tuning.train.__main__ import register_configurables
-    register_configurables()
-    gin_utils.parse_cli(sys.argv[1:] if argv is None else argv, description=__doc__)
-    model_dir = gin_utils.macro("MODEL_DIR")
-    if jax.process_index() == 0 and model_dir:
-        gin_utils.write_config(model_dir, "config_infer.gin")
-    return infer()
+    return gin_utils.run_cli(infer, argv, __doc__, "config_infer.gin")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_source_choice_is_gin_configurable(tmp_path, monkeypatch):
     import gin
     monkeypatch.setattr(sources, "_override", None)
     with gin.unlock_config():
-        gin.parse_config([f"prompt_tuning.tasks.sources.source_settings.kind = 'files'",
+        gin.parse_config(["prompt_tuning.tasks.sources.source_settings.kind = 'files'",
                           f"prompt_tuning.tasks.sources.source_settings.data_dir = '{tmp_path}'"])
     try:
         src = seqio.get_mixture_or_task("super_glue_rte_v102").source.active()

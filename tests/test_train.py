@@ -13,7 +13,7 @@ from flax import traverse_util
 from prompt_tuning import partitioning
 from prompt_tuning.prompts.processor import PromptProcessor
 from prompt_tuning.t5.network import Transformer
-from prompt_tuning.train import checkpointing, data, loop, losses, optimizers, params as params_lib, testing
+from prompt_tuning.train import data, loop, losses, optimizers, params as params_lib, testing
 from prompt_tuning.train import trainer as trainer_lib
 from prompt_tuning.train.evaluation import Evaluator
 

@@ -1,9 +1,5 @@
 """`python -m prompt_tuning.train --gin_file=models/t5_1_1_base_prompt.gin --gin_file=runs/prompt_finetune.gin
 --gin.MODEL_DIR=... --gin.MIXTURE_OR_TASK_NAME=...` (t5x's train.py habits)."""
-import sys
-
-import jax
-
 from prompt_tuning import gin_utils
 
 
@@ -17,13 +13,8 @@ def register_configurables() -> None:
 
 
 def main(argv=None) -> dict:
-    register_configurables()
-    gin_utils.parse_cli(sys.argv[1:] if argv is None else argv, description=__doc__)
     from prompt_tuning.train import loop
-    model_dir = gin_utils.macro("MODEL_DIR")
-    if jax.process_index() == 0 and model_dir:
-        gin_utils.write_config(model_dir)
-    return loop.train()
+    return gin_utils.run_cli(loop.train, argv, __doc__)
 
 
 if __name__ == "__main__":
