@@ -78,3 +78,20 @@ def test_prompt_tuning_the_committed_checkpoint_learns_the_held_out_skill(tmp_pa
     ckpt_bytes = sum(f.stat().st_size for f in (tmp_path / "pretrained_model" / "checkpoints").rglob("*")
                      if f.is_file())
     assert ckpt_bytes < 200_000
+
+
+def test_pretrain_script_writes_a_checkpoint_load_pretrained_reads(tmp_path):
+    """pretrain_tiny trains every parameter and saves t5x Orbax; it never overwrites an existing checkpoint."""
+    from prompt_tuning.checkpoints import load_pretrained
+    from prompt_tuning.scripts import pretrain_tiny
+
+    params, metrics = pretrain_tiny.pretrain(steps=2, batch_size=8, learning_rate=1e-3, seed=0, log_every=1)
+    assert np.isfinite(metrics["loss"])
+    out = tmp_path / "tiny"
+    pretrain_tiny.save_t5x_orbax(params, str(out))
+    module, loaded = load_pretrained(str(out))
+    assert module.config == pretrain_tiny.TINY_CONFIG
+    np.testing.assert_array_equal(np.asarray(loaded["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]),
+                                  params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"])
+    with pytest.raises(SystemExit):
+        pretrain_tiny.main([f"--out={out}", "--steps=1"])
