@@ -18,3 +18,12 @@ def shared_path(*parts):
     if not path.exists():
         pytest.skip(f"reference material {path} is absent (../shared sits only beside the project's own checkout)")
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_gin_config():
+    """No gin binding leaks from one test module into the next (e.g. a prompt injected into Transformer)."""
+    import gin
+    gin.clear_config()
+    yield
+    gin.clear_config()

@@ -29,7 +29,7 @@ FEATURE_LENGTHS = {"inputs": 32, "targets": 16}
 
 def pretrain(steps: int, batch_size: int, learning_rate: float, seed: int, log_every: int = 100):
     """Trains every parameter of TINY_CONFIG; returns the parameter tree (numpy) and the last metrics."""
-    model = Transformer(TINY_CONFIG)
+    model = Transformer(TINY_CONFIG, encoder_input_processor_factory=None)  # no prompt, whatever gin binds
     mesh = partitioning.make_mesh(1)
     params, shardings = params_lib.init_params(model, params_lib.dummy_inputs(FEATURE_LENGTHS), mesh,
                                                jax.random.PRNGKey(seed))
