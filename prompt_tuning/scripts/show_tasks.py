@@ -32,6 +32,14 @@ def _show(value) -> str:
     return str(value)
 
 
+def _source_kind(task) -> str:
+    """'tfds' / 'files' for the benchmark tasks (chosen by gin), else the seqio source's class."""
+    from prompt_tuning.tasks import sources
+    if isinstance(task.source, sources.BenchmarkSource):
+        return sources.source_settings().kind
+    return type(task.source).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", help="task name; without it, list everything registered")
@@ -69,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         ds = text_dataset(task, args.split)
     print(f"{args.task} [{args.split}]: {task.num_input_examples(args.split)} input examples "
-          f"(source {tasks.source_settings().kind})")
+          f"(source: {_source_kind(task)})")
     for i, ex in enumerate(ds.take(args.num_examples).as_numpy_iterator()):
         print(f"--- example {i}")
         for key in sorted(ex):
