@@ -51,7 +51,7 @@ def test_committed_checkpoint_is_the_pretrained_model():
     from prompt_tuning.checkpoints import load_pretrained
     from prompt_tuning.scripts.pretrain_tiny import TINY_CONFIG
 
-    module, params = load_pretrained(demo.ASSET_CHECKPOINT)
+    module, params = load_pretrained(os.path.relpath(demo.ASSET_CHECKPOINT))  # relative paths work too
     assert module.config == TINY_CONFIG
     vocab = synthetic.VOCABULARY
     examples = _examples(synthetic._pretrain_example, n=64, seed=123)

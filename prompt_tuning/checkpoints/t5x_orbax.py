@@ -15,6 +15,7 @@ from prompt_tuning.checkpoints.base import ArraySource, flatten, unflatten
 
 def orbax_state_dir(path: str) -> Optional[str]:
     """The PyTree item directory of a t5x Orbax checkpoint at `path`, or None if it is not one."""
+    path = os.path.abspath(path)  # orbax cannot read a relative path
     for candidate in (os.path.join(path, "state"), path):
         if os.path.isfile(os.path.join(candidate, "_METADATA")):
             return candidate

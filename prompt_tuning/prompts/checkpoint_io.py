@@ -55,6 +55,7 @@ def _read_orbax(item_dir: str, variable: Optional[str]):
     import jax
     import orbax.checkpoint as ocp
 
+    item_dir = os.path.abspath(item_dir)  # orbax cannot read a relative path
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(item_dir)
     tree = getattr(metadata, "item_metadata", None) or metadata
