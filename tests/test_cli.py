@@ -129,3 +129,19 @@ def test_class_labels_prompt_without_labels_names_the_macro():
                 "--gin_file=runs/prompt_finetune.gin", "--gin.MODEL_DIR='/tmp/x'", "--gin.TRAIN_STEPS=2",
                 *TASK_FLAGS])
     assert "CLASS_LABELS" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cli, run_file", [("prompt_tuning.train", "runs/prompt_finetune.gin"),
+                                           ("prompt_tuning.eval", "runs/prompt_eval.gin"),
+                                           ("prompt_tuning.infer", "runs/prompt_infer.gin")])
+def test_python_dash_m_reaches_the_gin_config(cli, run_file, tmp_path):
+    """`python -m` for real: each CLI registers its configurables once and fails on the missing macro alone."""
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, "-m", cli, "--gin_file=models/t5_1_1_small_prompt.gin", f"--gin_file={run_file}",
+         f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "gin error: missing required macro MIXTURE_OR_TASK_NAME: pass --gin.MIXTURE_OR_TASK_NAME=..."), result.stderr

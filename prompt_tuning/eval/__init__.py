@@ -37,7 +37,3 @@ def evaluate(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
 
 def main(argv=None) -> dict:
     return gin_utils.run_cli(evaluate, argv, __doc__, "config_eval.gin")
-
-
-if __name__ == "__main__":
-    main()

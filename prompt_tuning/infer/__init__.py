@@ -60,7 +60,3 @@ def infer(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
 
 def main(argv=None) -> str:
     return gin_utils.run_cli(infer, argv, __doc__, "config_infer.gin")
-
-
-if __name__ == "__main__":
-    main()
