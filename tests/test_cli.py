@@ -72,7 +72,7 @@ def test_every_shipped_model_gin_parses():
     from prompt_tuning.train.__main__ import register_configurables
     from prompt_tuning.t5 import config as t5_config
     register_configurables()
-    for family in ("t5_1_1_lm_adapted", "t5_1_1", "t5_1_0", "flan_t5", "mt5"):
+    for family in ("t5_1_1_lm_adapted", "t5_1_1", "t5_1_0", "flan_t5", "mt5", "byt5"):
         for size in ("small", "xxl"):
             gin.clear_config()
             gin_utils.parse_gin([f"models/{family}_{size}.gin"], [])
