@@ -157,10 +157,18 @@ def parse_cli(argv: Sequence[str], description: str, extra_flags=None) -> argpar
     return args
 
 
+def register_configurables() -> None:
+    """Imports every module whose @gin.configurable names the gin files use."""
+    import prompt_tuning.prompts  # noqa: F401
+    import prompt_tuning.t5.config  # noqa: F401
+    import prompt_tuning.t5.network  # noqa: F401
+    import prompt_tuning.tasks  # noqa: F401
+    from prompt_tuning.train import checkpointing, data, evaluation, loop, optimizers  # noqa: F401
+
+
 def run_cli(fn, argv: Optional[Sequence[str]], description: str, config_filename: str = "config.gin"):
     """The CLIs' shared main: parse flags and gin, write the effective config to MODEL_DIR, return `fn()`."""
     import jax
-    from prompt_tuning.train.__main__ import register_configurables
     register_configurables()
     parse_cli(sys.argv[1:] if argv is None else argv, description=description)
     model_dir = macro("MODEL_DIR")

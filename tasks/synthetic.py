@@ -6,11 +6,14 @@ string skills over the letters a-h, each selected by a text prefix: "first: ..."
 model never saw, in a format it never saw: a bare string (no prefix), answered by its second letter.
 Examples are generated from fixed seeds, so every split is deterministic.
 """
+import collections
 import random
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import seqio
 import tensorflow as tf
+
+from prompt_tuning.tasks import metrics
 
 ALPHABET = "abcdefgh"
 LABELS = ("no", "yes")
@@ -68,12 +71,16 @@ def _held_out_example(rng: random.Random) -> Tuple[str, str]:
     return text, text[1]  # No prefix: the prompt has to stand in for one.
 
 
+def examples(make_example: Callable[[random.Random], Tuple[str, str]], split: str) -> List[Tuple[str, str]]:
+    """The (inputs, targets) pairs of `split`, the same on every call."""
+    rng = random.Random(_SPLIT_SEEDS[split])
+    return [make_example(rng) for _ in range(_SPLIT_SIZES[split])]
+
+
 def _dataset_fn(make_example: Callable[[random.Random], Tuple[str, str]]):
     def dataset_fn(split: str, shuffle_files: bool = False, seed=None) -> tf.data.Dataset:
         del shuffle_files, seed  # Deterministic by construction.
-        rng = random.Random(_SPLIT_SEEDS[split])
-        pairs: List[Tuple[str, str]] = [make_example(rng) for _ in range(_SPLIT_SIZES[split])]
-        inputs, targets = zip(*pairs)
+        inputs, targets = zip(*examples(make_example, split))
         return tf.data.Dataset.from_tensor_slices({"inputs": list(inputs), "targets": list(targets)})
 
     return dataset_fn
@@ -81,9 +88,8 @@ def _dataset_fn(make_example: Callable[[random.Random], Tuple[str, str]]):
 
 def held_out_majority_baseline(split: str = "validation") -> float:
     """Accuracy (%) of always answering the held-out task's most frequent label on `split`."""
-    rng = random.Random(_SPLIT_SEEDS[split])
-    labels = [_held_out_example(rng)[1] for _ in range(_SPLIT_SIZES[split])]
-    return 100.0 * max(labels.count(label) for label in set(labels)) / len(labels)
+    labels = collections.Counter(target for _, target in examples(_held_out_example, split))
+    return 100.0 * max(labels.values()) / sum(labels.values())
 
 
 def _register(name: str, make_example, metrics) -> None:
@@ -99,13 +105,7 @@ def _register(name: str, make_example, metrics) -> None:
     )
 
 
-def accuracy(targets, predictions) -> Dict[str, float]:
-    """Percent of exact string matches (seqio metric_fn signature)."""
-    correct = sum(t == p for t, p in zip(targets, predictions))
-    return {"accuracy": 100.0 * correct / max(len(targets), 1)}
-
-
 PRETRAIN_TASK = "synthetic_pretrain"
 HELD_OUT_TASK = "synthetic_second_letter"
-_register(PRETRAIN_TASK, _pretrain_example, [accuracy])
-_register(HELD_OUT_TASK, _held_out_example, [accuracy])
+_register(PRETRAIN_TASK, _pretrain_example, [metrics.accuracy])
+_register(HELD_OUT_TASK, _held_out_example, [metrics.accuracy])

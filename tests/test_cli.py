@@ -33,8 +33,7 @@ def clean_gin():
 
 
 def _parse(argv):
-    from prompt_tuning.train.__main__ import register_configurables
-    register_configurables()
+    gin_utils.register_configurables()
     return gin_utils.parse_cli(argv, "test")
 
 
@@ -69,9 +68,8 @@ def test_unknown_gin_file_and_bad_binding_are_one_line(tiny_gin):
 
 
 def test_every_shipped_model_gin_parses():
-    from prompt_tuning.train.__main__ import register_configurables
     from prompt_tuning.t5 import config as t5_config
-    register_configurables()
+    gin_utils.register_configurables()
     for family in ("t5_1_1_lm_adapted", "t5_1_1", "t5_1_0", "flan_t5", "mt5", "byt5"):
         for size in ("small", "xxl"):
             gin.clear_config()

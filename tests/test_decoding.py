@@ -154,15 +154,20 @@ def test_num_decodes_tiles_cache_per_example(greedy_model, greedy_result):
     np.testing.assert_array_equal(tokens, np.repeat(greedy_result[0], 3, axis=1))
 
 
-def test_stops_when_all_rows_ended():
-    """With EOS dominant the loop must end after one step (t5x's all-ended condition), not run max_decode_len."""
-    model = ToyLM(vocab=5, length=6, seed=0, eos_logit=50.0)
+def _counting_steps(model):
+    """model.step_fn that records (from inside jit) every step index the decoding loop runs."""
     calls = []
 
     def step_fn(tokens, cache, step):
         jax.debug.callback(lambda s: calls.append(int(s)), step)
         return model.step_fn(tokens, cache, step)
+    return step_fn, calls
 
+
+def test_stops_when_all_rows_ended():
+    """With EOS dominant the loop must end after one step (t5x's all-ended condition), not run max_decode_len."""
+    model = ToyLM(vocab=5, length=6, seed=0, eos_logit=50.0)
+    step_fn, calls = _counting_steps(model)
     tokens, _ = jax.jit(lambda c: decoding.temperature_sample(step_fn, c, 2, 6, EOS, topk=1))(model.init_cache())
     jax.effects_barrier()
     assert calls == [0]
@@ -359,12 +364,7 @@ def test_beam_size_one_top_is_best_finished_of_single_path():
 def test_beam_early_stop_when_no_live_beam_can_win():
     """EOS dominant: after two steps both finished slots beat any live bound, so only 2 of 6 steps run."""
     model = ToyLM(vocab=5, length=6, seed=0, eos_logit=20.0)
-    calls = []
-
-    def step_fn(tokens, cache, step):
-        jax.debug.callback(lambda s: calls.append(int(s)), step)
-        return model.step_fn(tokens, cache, step)
-
+    step_fn, calls = _counting_steps(model)
     tokens, scores = jax.jit(lambda c: decoding.beam_search(step_fn, c, 2, 2, 6, EOS))(model.init_cache())
     jax.effects_barrier()
     assert calls == [0, 1]

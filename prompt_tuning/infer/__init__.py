@@ -10,10 +10,9 @@ from typing import Mapping, Optional
 import flax.linen as nn
 import gin
 import jax
-import numpy as np
 import seqio
 
-from prompt_tuning import gin_utils, inference, partitioning
+from prompt_tuning import gin_utils, partitioning
 
 
 @gin.configurable
@@ -24,16 +23,16 @@ def infer(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
           model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1) -> str:
     """Writes predictions; returns the JSON lines path."""
     from prompt_tuning.train import data, loop
-    from prompt_tuning.train.evaluation import decoding_options, iterate_global, _gather
+    from prompt_tuning.train.evaluation import predict_dataset
+    task = seqio.get_mixture_or_task(mixture_or_task_name)
+    if not isinstance(task, seqio.Task):
+        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is a mixture; infer decodes one task")
     mesh = partitioning.make_mesh(model_parallel_size)
     lengths = dict(task_feature_lengths)
     trainer = loop.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed)
     params = trainer.params_for_eval(loop.restore_trainable(trainer, prompt_checkpoint_path))
-    task = seqio.get_mixture_or_task(mixture_or_task_name)
     vocab = task.output_features["targets"].vocabulary
     in_vocab = task.output_features["inputs"].vocabulary
-    if not isinstance(task, seqio.Task):
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is a mixture; infer decodes one task")
     ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
     if num_examples:
         ds = ds.take(num_examples)
@@ -41,14 +40,11 @@ def infer(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     model_ds = data.feature_converter()(ds, lengths).enumerate()
     out_path = os.path.join(model_dir, "inference", f"{mixture_or_task_name}-{split}.jsonl")
     lines = []
-    for index, n, batch in iterate_global(model_ds, batch_size, mesh):
-        tokens, _ = inference.predict_batch(model, params, batch, max_decode_len=lengths["targets"], eos_id=eos_id,
-                                            **decoding_options())
-        for i, t in zip(index, _gather(tokens)[:n]):
-            ex = examples[int(i)]
-            lines.append({"index": int(i), "inputs": in_vocab.decode(ex["inputs"].tolist()),
-                          "prediction": vocab.decode([int(x) for x in np.asarray(t) if x > 0]),
-                          "targets": vocab.decode(ex["targets"].tolist()) if "targets" in ex else None})
+    for i, tokens in predict_dataset(model, params, model_ds, batch_size, mesh, lengths["targets"], eos_id):
+        ex = examples[i]
+        lines.append({"index": i, "inputs": in_vocab.decode(ex["inputs"].tolist()),
+                      "prediction": vocab.decode([t for t in tokens if t > 0]),
+                      "targets": vocab.decode(ex["targets"].tolist()) if "targets" in ex else None})
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(out_path), exist_ok=True)
         with open(out_path, "w") as f:

@@ -6,7 +6,7 @@ as JSON lines (MODEL_DIR/eval/metrics.jsonl) and TensorBoard scalars by the call
 """
 import json
 import os
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import gin
 import jax
@@ -41,6 +41,18 @@ def iterate_global(ds, batch_size: int, mesh):
         yield index, n, data.to_global(local, mesh)
 
 
+def predict_dataset(module, params, ds, batch_size: int, mesh, max_decode_len: int, eos_id: int = 1,
+                    decoding: Optional[dict] = None) -> List[Tuple[int, List[int]]]:
+    """(example index, decoded token ids) for every example of an enumerated, feature-converted dataset."""
+    decoding = decoding or decoding_options()
+    out = []
+    for index, n, batch in iterate_global(ds, batch_size, mesh):
+        tokens, _ = inference.predict_batch(module, params, batch, max_decode_len=max_decode_len, eos_id=eos_id,
+                                            **decoding)
+        out.extend((int(i), t.tolist()) for i, t in zip(index, _gather(tokens)[:n]))
+    return out
+
+
 @gin.configurable
 class Evaluator:
     """Wraps `seqio.Evaluator` for one mixture or task and split."""
@@ -58,14 +70,8 @@ class Evaluator:
 
     def _predict_fn(self, params):
         def predict(ds):
-            out = []
-            for index, n, batch in iterate_global(ds, self.batch_size, self.trainer.mesh):
-                tokens, _ = inference.predict_batch(self.trainer.module, params, batch,
-                                                    max_decode_len=self._max_decode_len, eos_id=self.eos_id,
-                                                    **self.decoding)
-                tokens = _gather(tokens)[:n]
-                out.extend((int(i), t.tolist()) for i, t in zip(index, tokens))
-            return out
+            return predict_dataset(self.trainer.module, params, ds, self.batch_size, self.trainer.mesh,
+                                   self._max_decode_len, self.eos_id, self.decoding)
         return predict
 
     def _score_fn(self, state):

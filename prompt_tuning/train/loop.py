@@ -57,7 +57,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: nn.Module = gin.REQUIRED,
                             loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype)
     checkpointer = Checkpointer(model_dir)
     abstract = trainer.abstract_state()
-    state, meta = checkpointer.restore_latest(abstract, trainer.state_shardings(abstract))
+    state, _ = checkpointer.restore_latest(abstract, trainer.state_shardings(abstract))
     if state is None:
         state = trainer.init_state()
     start = int(jax.device_get(state.step))
