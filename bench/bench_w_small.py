@@ -138,10 +138,8 @@ def run_ours(phase: str, args, bf16: bool):
             jax.block_until_ready(metrics["loss"])
         calls_per_example = BATCH
     elif phase == "score":
-        score = trainer.score_batch if args.score_chunks <= 1 else _chunked_score(trainer, args.score_chunks)
-
         def call():
-            jax.block_until_ready(score(box["state"], batch))
+            jax.block_until_ready(trainer.score_batch(box["state"], batch))
         calls_per_example = BATCH
     else:
         decode = _ours_decoder(module, trainer, state, mesh)
@@ -152,27 +150,6 @@ def run_ours(phase: str, args, bf16: bool):
         calls_per_example = BATCH
     times, cpu, step_rss = _time_calls(call, args.warmup, args.steps)
     return times, cpu, step_rss, calls_per_example
-
-
-def _chunked_score(trainer, chunks: int):
-    """PROTOTYPE (not the project's code): Trainer.score_batch run as `lax.map` over `chunks` batch slices.
-
-    Same maths as `Trainer.score_batch` (its `_forward` + `losses.sequence_scores`); only the batch is cut so
-    the [b, heads, L, L] attention tensors stay cache-sized.  Measured here to size the change for its owner.
-    """
-    import jax
-    from prompt_tuning.train import losses, optimizers
-
-    def score(frozen, trainable, batch):
-        params = optimizers.merge_params(trainable, frozen)
-        split = jax.tree_util.tree_map(lambda x: x.reshape((chunks, x.shape[0] // chunks) + x.shape[1:]), batch)
-
-        def one(b):
-            logits = trainer._forward(params, b, False)
-            return losses.sequence_scores(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
-        return jax.lax.map(one, split).reshape(-1)
-    jitted = jax.jit(score)
-    return lambda state, batch: jitted(trainer.frozen, state.trainable, batch)
 
 
 def _ours_decoder(module, trainer, state, mesh):
@@ -284,8 +261,6 @@ def main(argv=None):
     p.add_argument("--microbatches", type=int, default=4,
                    help="ours: Trainer num_microbatches (gradient accumulation); 4 was fastest and leanest here")
     p.add_argument("--remat", default="none", help="ours: T5Config.remat_policy (none/full/minimal)")
-    p.add_argument("--score-chunks", type=int, default=1,
-                   help="ours: PROTOTYPE chunked scoring (lax.map over N batch slices); 1 = Trainer.score_batch")
     p.add_argument("--f32-frozen", action="store_true", help="ours_bf16: keep frozen weights float32")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--xla-flags", default=None,
@@ -323,7 +298,6 @@ def main(argv=None):
                    str(args.microbatches), "--remat", args.remat, "--threads", str(args.threads)]
     if args.f32_frozen:
         passthrough.append("--f32-frozen")
-    passthrough += ["--score-chunks", str(args.score_chunks)]
     for phase in phases:
         for system in systems:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, phase] + passthrough

@@ -119,14 +119,19 @@ def test_frozen_weights_untouched_and_placed(trained, mesh):
     assert embedding.sharding.spec == jax.sharding.PartitionSpec("model", None)   # ('vocab', 'embed') rules
 
 
-def test_microbatches_give_the_same_step(mesh, batch, trained):
-    trainer1, _, _, _ = trained
+def test_microbatches_give_the_same_step_and_scores(mesh, batch, trained):
+    trainer1, _, trained_state, _ = trained
     trainer2 = make_trainer(mesh, num_microbatches=2)
     s1, m1 = trainer1.train_step(trainer1.init_state(), batch)
     s2, m2 = trainer2.train_step(trainer2.init_state(), batch)
     np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
     np.testing.assert_allclose(s1.trainable["encoder"]["prompt"]["prompt"],
                                s2.trainable["encoder"]["prompt"]["prompt"], rtol=1e-4, atol=1e-6)
+    # Scoring in 2 slices gives every row its own score, in the batch's order.
+    whole = np.asarray(trainer1.score_batch(trained_state, batch))
+    sliced = np.asarray(trainer2.score_batch(trained_state, batch))
+    assert len(set(np.round(whole, 3))) > 1  # distinct rows, so a reordering would show
+    np.testing.assert_allclose(sliced, whole, rtol=1e-5)
 
 
 def test_frozen_bfloat16(mesh, batch):

@@ -1,0 +1,173 @@
+"""Where the wall time of one W-small step goes, and how far it is from this machine's matmul floor.
+
+Traces the project's real `Trainer.train_step` (or `score_batch`) with the jax profiler, maps every executed
+XLA thunk to its HLO, and shares each slice of wall time among the thunks running in it.  Prints the wall
+time per kind of work (dense dots, batched attention dots, everything else) with the FLOPs it did, then the
+isolated float32 GEMM rate of XLA (and of torch, when installed) at the step's dense shapes, and the step
+time those rates would allow if every FLOP ran at them.
+
+    python bench/profile_step.py [--phase train|score] [--microbatches 4] [--calls 2]
+"""
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_w_small as bw  # noqa: E402
+
+_INSTR = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*)")
+
+
+def _dims(shape: str):
+    m = re.match(r"\w+\[([\d,]*)\]", shape)
+    return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def parse_hlo(text: str):
+    """{instruction: (opcode, called computation)} and {computation: [(name, shape, opcode, rest)]}."""
+    computations, instructions, current = {}, {}, None
+    for line in text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+            continue
+        m = _INSTR.match(line)
+        if m and current is not None:
+            name, shape, opcode, rest = m.groups()
+            current.append((name, shape, opcode, rest))
+            called = re.search(r"calls=%([\w.\-]+)", rest)
+            instructions[name] = (opcode, called.group(1) if called else None)
+    return instructions, computations
+
+
+def dot_flops(computation):
+    """(FLOPs, batched?) of the dots inside one fused computation."""
+    shapes = {name: _dims(shape) for name, shape, _, _ in computation}
+    flops, batched = 0, False
+    for name, shape, opcode, rest in computation:
+        if opcode != "dot":
+            continue
+        lhs = shapes.get(re.findall(r"%([\w.\-]+)", rest)[0], [])
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
+        k = 1
+        for d in filter(None, contracting.split(",")):
+            k *= lhs[int(d)]
+        out = 1
+        for d in _dims(shape):
+            out *= d
+        flops += 2 * out * k
+        batched |= bool(re.search(r"lhs_batch_dims=\{\d", rest))
+    return flops, batched
+
+
+def wall_by_kind(trace_file, instructions, computations, calls: int):
+    """{kind: [wall seconds per call, GFLOP per call]}; overlapping thunks split the overlap evenly."""
+    with gzip.open(trace_file) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    thunks = [e for e in events if e.get("ph") == "X" and e["name"] in instructions]
+    edges = sorted([(e["ts"], 1, i) for i, e in enumerate(thunks)] + [(e["ts"] + e["dur"], -1, i)
+                                                                       for i, e in enumerate(thunks)])
+    wall, active, last = collections.Counter(), set(), None
+    for t, step, i in edges:
+        if last is not None and active:
+            for j in active:
+                wall[j] += (t - last) / len(active)
+        (active.add if step > 0 else active.discard)(i)
+        last = t
+    kinds = collections.defaultdict(lambda: [0.0, 0.0])
+    for i, e in enumerate(thunks):
+        _, called = instructions[e["name"]]
+        flops, batched = dot_flops(computations.get(called, [])) if called else (0, False)
+        kind = ("attention dots (batched)" if batched else "dense dots") if flops else "other (element-wise, copies)"
+        kinds[kind][0] += wall[i] / 1e6 / calls
+        kinds[kind][1] += flops / 1e9 / calls
+    return kinds
+
+
+def gemm_rate(m: int, k: int, n: int, repeats: int = 20):
+    """Best float32 GFLOP/s of one [m,k]x[k,n] matmul: XLA, and torch when importable."""
+    import jax
+    import numpy as np
+    rates = {}
+    a, b = np.random.rand(m, k).astype(np.float32), np.random.rand(k, n).astype(np.float32)
+    xa, xb = jax.device_put(a), jax.device_put(b)
+    matmul = jax.jit(lambda x, y: x @ y)
+    rates["xla"] = _best_rate(lambda: matmul(xa, xb).block_until_ready(), 2 * m * k * n, repeats)
+    try:
+        import torch
+    except ImportError:
+        return rates
+    torch.set_num_threads(os.cpu_count())
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    rates["torch"] = _best_rate(lambda: ta @ tb, 2 * m * k * n, repeats)
+    return rates
+
+
+def _best_rate(fn, flops, repeats):
+    for _ in range(3):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--phase", choices=("train", "score"), default="train")
+    p.add_argument("--microbatches", type=int, default=4)
+    p.add_argument("--calls", type=int, default=2, help="traced calls (after 2 untimed warm-ups)")
+    args = p.parse_args()
+    import jax
+
+    setup_args = argparse.Namespace(microbatches=args.microbatches, remat="none", f32_frozen=False)
+    _, trainer, state, batch, _, _ = bw._ours_setup(setup_args, bf16=False)
+    box = {"state": state}
+
+    def call():
+        if args.phase == "train":
+            box["state"], metrics = trainer.train_step(box["state"], batch)
+            jax.block_until_ready(metrics["loss"])
+        else:
+            jax.block_until_ready(trainer.score_batch(box["state"], batch))
+
+    for _ in range(2):
+        call()
+    if args.phase == "train":
+        hlo = trainer._train_step.lower(trainer.frozen, box["state"], batch).compile().as_text()
+    else:
+        hlo = trainer._score.lower(trainer.frozen, box["state"].trainable, batch).compile().as_text()
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        t0 = time.perf_counter()
+        for _ in range(args.calls):
+            call()
+        step_s = (time.perf_counter() - t0) / args.calls
+        jax.profiler.stop_trace()
+        trace_file = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)[0]
+        kinds = wall_by_kind(trace_file, *parse_hlo(hlo), calls=args.calls)
+
+    print(f"{args.phase}, {args.microbatches} microbatches: {step_s:.2f} s per call (traced)")
+    total_wall = sum(w for w, _ in kinds.values())
+    total_flops = sum(f for _, f in kinds.values())
+    for kind, (wall, gflop) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+        rate = f"{gflop / wall:6.1f} GFLOP/s" if gflop else ""
+        print(f"  {kind:30s} {wall:5.2f} s  {100 * wall / total_wall:4.1f}%  {gflop:6.1f} GFLOP  {rate}")
+    rows = bw.BATCH // args.microbatches * (bw.INPUT_LEN + bw.PROMPT_LEN)  # one microbatch's positions
+    for system, rate in gemm_rate(rows, 512, 1024).items():
+        print(f"  isolated GEMM [{rows},512]x[512,1024], {system}: {rate:.0f} GFLOP/s -> "
+              f"{total_flops:.0f} GFLOP at that rate = {total_flops / rate:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
