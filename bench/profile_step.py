@@ -31,7 +31,7 @@ def _dims(shape: str):
 
 
 def parse_hlo(text: str):
-    """{instruction: (opcode, called computation)} and {computation: [(name, shape, opcode, rest)]}."""
+    """{instruction: its (name, shape, opcode, rest)} and {computation: [instructions]} of an HLO module."""
     computations, instructions, current = {}, {}, None
     for line in text.splitlines():
         header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
@@ -40,21 +40,18 @@ def parse_hlo(text: str):
             continue
         m = _INSTR.match(line)
         if m and current is not None:
-            name, shape, opcode, rest = m.groups()
-            current.append((name, shape, opcode, rest))
-            called = re.search(r"calls=%([\w.\-]+)", rest)
-            instructions[name] = (opcode, called.group(1) if called else None)
+            current.append(m.groups())
+            instructions[m.group(1)] = m.groups()
     return instructions, computations
 
 
-def dot_flops(computation):
-    """(FLOPs, batched?) of the dots inside one fused computation."""
-    shapes = {name: _dims(shape) for name, shape, _, _ in computation}
+def dot_flops(instrs, instructions):
+    """(FLOPs, batched?) of the dots among `instrs` (a fused computation's body, or one bare dot)."""
     flops, batched = 0, False
-    for name, shape, opcode, rest in computation:
+    for _, shape, opcode, rest in instrs:
         if opcode != "dot":
             continue
-        lhs = shapes.get(re.findall(r"%([\w.\-]+)", rest)[0], [])
+        lhs = _dims(instructions[re.findall(r"%([\w.\-]+)", rest)[0]][1])
         contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
         k = 1
         for d in filter(None, contracting.split(",")):
@@ -84,8 +81,9 @@ def wall_by_kind(trace_file, instructions, computations, calls: int):
         last = t
     kinds = collections.defaultdict(lambda: [0.0, 0.0])
     for i, e in enumerate(thunks):
-        _, called = instructions[e["name"]]
-        flops, batched = dot_flops(computations.get(called, [])) if called else (0, False)
+        instr = instructions[e["name"]]
+        called = re.search(r"calls=%([\w.\-]+)", instr[3])
+        flops, batched = dot_flops(computations[called.group(1)] if called else [instr], instructions)
         kind = ("attention dots (batched)" if batched else "dense dots") if flops else "other (element-wise, copies)"
         kinds[kind][0] += wall[i] / 1e6 / calls
         kinds[kind][1] += flops / 1e9 / calls
