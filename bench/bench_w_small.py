@@ -267,6 +267,8 @@ def main(argv=None):
                    help="XLA_FLAGS for our children, written --xla-flags='--flag=value ...' (default: the environment's)")
     p.add_argument("--wait-load", type=float, default=0.0,
                    help="before each child, wait (up to 10 min) until the 1-minute load average is below this")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every (phase, system) this many times, alternating systems; ratios pool the rounds")
     p.add_argument("--json", help="also write the results as JSON lines here")
     p.add_argument("--worker", nargs=2, metavar=("SYSTEM", "PHASE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -298,42 +300,63 @@ def main(argv=None):
                    str(args.microbatches), "--remat", args.remat, "--threads", str(args.threads)]
     if args.f32_frozen:
         passthrough.append("--f32-frozen")
-    for phase in phases:
-        for system in systems:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, phase] + passthrough
-            env = dict(os.environ)
-            if args.xla_flags is not None and system != "peft":
-                env["XLA_FLAGS"] = args.xla_flags
-            _wait_for_load(args.wait_load)
-            load_before = " ".join(_loadavg())
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(f"{system}/{phase} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
-                continue
-            r = json.loads(line[-1][len("RESULT "):])
-            r["load_before"], r["load_after"] = load_before, " ".join(_loadavg())
-            results[(system, phase)] = r
-            print(f"{system:10s} {phase:7s} {r['median_s']:7.3f} s/call  {r['steps_per_s']:6.3f} calls/s  "
-                  f"{r['examples_per_s']:6.2f} ex/s  peak {_gb(r['peak_rss_bytes'])} GB  "
-                  f"steps {_gb(r['step_rss_bytes'])} GB  cpu {r['cpu_median_s']:.2f} s/call  "
-                  f"[{' '.join(f'{t:.2f}' for t in r['times_s'])}]  load {r['load_before']} -> {r['load_after']}",
-                  flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+    for round_index in range(args.rounds):
+        for phase in phases:
+            for system in systems:
+                r = _run_child(system, phase, passthrough, args)
+                if r is None:
+                    continue
+                r["round"] = round_index
+                results.setdefault((system, phase), []).append(r)
+                print(f"{system:10s} {phase:7s} {r['median_s']:7.3f} s/call  {r['steps_per_s']:6.3f} calls/s  "
+                      f"{r['examples_per_s']:6.2f} ex/s  peak {_gb(r['peak_rss_bytes'])} GB  "
+                      f"steps {_gb(r['step_rss_bytes'])} GB  cpu {r['cpu_median_s']:.2f} s/call  "
+                      f"[{' '.join(f'{t:.2f}' for t in r['times_s'])}]  load {r['load_before']} -> {r['load_after']}",
+                      flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+    _print_ratios(results, systems, phases)
+
+
+def _run_child(system, phase, passthrough, args):
+    """One (system, phase) measurement in a fresh process; its RESULT dict, or None (reported) if it failed."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, phase] + passthrough
+    env = dict(os.environ)
+    if args.xla_flags is not None and system != "peft":
+        env["XLA_FLAGS"] = args.xla_flags
+    _wait_for_load(args.wait_load)
+    load_before = " ".join(_loadavg())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(f"{system}/{phase} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    r = json.loads(line[-1][len("RESULT "):])
+    r["load_before"], r["load_after"] = load_before, " ".join(_loadavg())
+    return r
+
+
+def _print_ratios(results, systems, phases):
+    """Speed ratios from the median of all timed calls pooled over rounds (and each round's own ratio, since
+    rounds alternate the systems and so share the machine's drift); memory from the largest peak seen."""
+    import statistics
     for phase in phases:
         base = results.get(("peft", phase))
         if not base:
             continue
+        base_median = statistics.median(t for r in base for t in r["times_s"])
+        base_peak = max(r["peak_rss_bytes"] for r in base)
         for system in systems:
-            r = results.get((system, phase))
-            if system == "peft" or not r:
+            runs = results.get((system, phase))
+            if system == "peft" or not runs:
                 continue
-            print(f"ratio {system}/peft {phase:7s}: speed {r['examples_per_s'] / base['examples_per_s']:.2f}x  "
-                  f"peak memory {r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x  "
-                  f"step memory {(r['step_rss_bytes'] or 0) / max(base['step_rss_bytes'] or 1, 1):.2f}x")
-
+            median = statistics.median(t for r in runs for t in r["times_s"])
+            per_round = [b["median_s"] / r["median_s"] for r, b in zip(runs, base)]
+            rounds = f"  per round {' '.join(f'{x:.2f}' for x in per_round)}" if len(per_round) > 1 else ""
+            print(f"ratio {system}/peft {phase:7s}: speed {base_median / median:.2f}x ({median:.2f} vs "
+                  f"{base_median:.2f} s/call){rounds}  peak memory "
+                  f"{max(r['peak_rss_bytes'] for r in runs) / base_peak:.2f}x")
 
 if __name__ == "__main__":
     main()
