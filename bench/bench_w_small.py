@@ -352,11 +352,13 @@ def _print_ratios(results, systems, phases):
             if system == "peft" or not runs:
                 continue
             median = statistics.median(t for r in runs for t in r["times_s"])
-            per_round = [b["median_s"] / r["median_s"] for r, b in zip(runs, base)]
+            base_by_round = {b["round"]: b["median_s"] for b in base}
+            per_round = [base_by_round[r["round"]] / r["median_s"] for r in runs if r["round"] in base_by_round]
             rounds = f"  per round {' '.join(f'{x:.2f}' for x in per_round)}" if len(per_round) > 1 else ""
             print(f"ratio {system}/peft {phase:7s}: speed {base_median / median:.2f}x ({median:.2f} vs "
                   f"{base_median:.2f} s/call){rounds}  peak memory "
                   f"{max(r['peak_rss_bytes'] for r in runs) / base_peak:.2f}x")
+
 
 if __name__ == "__main__":
     main()
