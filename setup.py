@@ -35,6 +35,8 @@ setuptools.setup(
     name="prompt_tuning",
     version="0.1.0",
     description="Prompt tuning for frozen T5 models on JAX/Flax, t5x-compatible.",
+    license="Apache-2.0",
+    classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3"],
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"])
     + ["prompt_tuning.tasks", "prompt_tuning.gin"],

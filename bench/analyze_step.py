@@ -12,7 +12,7 @@ import sys
 import os
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_w_small as bw  # noqa: E402
+import common  # noqa: E402
 
 
 def main():
@@ -24,24 +24,15 @@ def main():
     p.add_argument("--phase", default="train")
     p.add_argument("--dump")
     args = p.parse_args()
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-    module, trainer, state, batch, mesh, np = bw._ours_setup(args, args.bf16)
+    ours = common.ours_setup(args.microbatches, args.bf16, args.f32_frozen, args.remat)
+    trainer, state, batch = ours.trainer, ours.state, ours.batch
     if args.phase == "train":
-        sh = trainer.state_shardings(state)
-        fn = jax.jit(trainer._step, in_shardings=(trainer.frozen_shardings, sh, trainer.batch_sharding),
-                     out_shardings=(sh, NamedSharding(mesh, PartitionSpec())), donate_argnums=(1,))
-        lowered = fn.lower(trainer.frozen, state, batch)
+        lowered = trainer.lower_train_step(state, batch)
     elif args.phase == "decode":
-        from prompt_tuning import inference
-        params = trainer.params_for_eval(state)
-        lowered = inference._predict.lower(
-            module, params, {"encoder_input_tokens": batch["encoder_input_tokens"]}, jax.random.PRNGKey(0),
-            method="greedy", num_decodes=1, temperature=1.0, topk=0, topp=0.0, alpha=0.6,
-            max_decode_len=bw.TARGET_LEN, eos_id=1)
+        lowered = trainer.lower_predict_batch(state, {"encoder_input_tokens": batch["encoder_input_tokens"]},
+                                              method="greedy", max_decode_len=common.TARGET_LEN)
     else:
-        trainer.score_batch(state, batch)  # builds the jitted fn
-        lowered = trainer._score.lower(trainer.frozen, state.trainable, batch)
+        lowered = trainer.lower_score_batch(state, batch)
     compiled = lowered.compile()
     cost = compiled.cost_analysis()
     if isinstance(cost, list):

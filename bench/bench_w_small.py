@@ -16,7 +16,7 @@ Every (system, phase) runs in its own child process, so peak memory is that phas
 Times: warm-up calls are excluded; the median of the timed calls is reported.
 
 Systems:
-  ours       prompt_tuning's real Trainer.train_step / Trainer.score_batch / inference decoding, float32.
+  ours       prompt_tuning's real Trainer.train_step / score_batch / predict_batch (the model's decoding), float32.
   ours_bf16  the same with bfloat16 activations (T5Config.dtype) and bfloat16 frozen weights.
   peft       transformers T5ForConditionalGeneration + peft PromptTuningConfig(num_virtual_tokens=100);
              optimizer: transformers' Adafactor with the paper's settings (lr 0.3, decay -0.8, no parameter
@@ -31,8 +31,10 @@ import subprocess
 import sys
 import time
 
-BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 412, 100, 8
-VOCAB = 32128
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN, VOCAB, make_batch  # noqa: E402,F401
+
 SYSTEMS = ("ours", "ours_bf16", "peft")
 PHASES = ("train", "score", "decode")
 
@@ -59,20 +61,6 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-# --------------------------------------------------------------------------------------------------- data
-def make_batch(seed: int = 0):
-    """Full-length random inputs (no padding) ending in EOS; targets of 8 real tokens ending in EOS."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    inputs = rng.integers(3, VOCAB, (BATCH, INPUT_LEN), dtype=np.int32)
-    inputs[:, -1] = 1
-    targets = rng.integers(3, VOCAB, (BATCH, TARGET_LEN), dtype=np.int32)
-    targets[:, -1] = 1
-    decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
-    return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-            "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
-
-
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -93,45 +81,11 @@ def _time_calls(fn, warmup: int, steps: int):
 
 
 # --------------------------------------------------------------------------------------------------- ours
-def _ours_setup(args, bf16: bool):
-    import functools
-
-    import jax
-    import numpy as np
-
-    from prompt_tuning import partitioning
-    from prompt_tuning.prompts import PromptProcessor, initializers
-    from prompt_tuning.t5 import config as t5config
-    from prompt_tuning.t5 import network
-    from prompt_tuning.train import optimizers, params as tparams, trainer as ttrainer
-
-    overrides = {"dtype": "bfloat16"} if bf16 else {}
-    if args.remat != "none":
-        overrides["remat_policy"] = args.remat
-    cfg = t5config.get_config("t5_1_1", "small", **overrides)
-    processor = functools.partial(PromptProcessor, length=PROMPT_LEN, initializer=initializers.uniform())
-    module = network.Transformer(config=cfg, encoder_input_processor_factory=processor)
-    mesh = partitioning.make_mesh()
-    inputs = tparams.dummy_inputs({"inputs": INPUT_LEN, "targets": TARGET_LEN}, batch_size=BATCH)
-    params, shardings = tparams.init_params(module, inputs, mesh, jax.random.PRNGKey(0))
-    tx = optimizers.adafactor(learning_rate=0.3)
-    frozen_dtype = "bfloat16" if (bf16 and not args.f32_frozen) else None
-    trainer = ttrainer.Trainer(module=module, params=params, param_shardings=shardings, mesh=mesh, optimizer=tx,
-                               learning_rate_fn=lambda step: 0.3, num_microbatches=args.microbatches,
-                               frozen_dtype=frozen_dtype, z_loss=1e-4)
-    del params
-    state = trainer.init_state()
-    # jax.device_put with the trainer's batch sharding = data.to_global on one process, without importing
-    # tensorflow/seqio (which would add ~0.5 GB of RSS that PEFT does not pay).
-    batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in make_batch().items()}
-    return module, trainer, state, batch, mesh, np
-
-
 def run_ours(phase: str, args, bf16: bool):
     import jax
 
-    module, trainer, state, batch, mesh, np = _ours_setup(args, bf16)
-    box = {"state": state}
+    ours = common.ours_setup(args.microbatches, bf16, args.f32_frozen, args.remat)
+    trainer, batch, box = ours.trainer, ours.batch, {"state": ours.state}
     if phase == "train":
         def call():
             box["state"], metrics = trainer.train_step(box["state"], batch)
@@ -142,25 +96,13 @@ def run_ours(phase: str, args, bf16: bool):
             jax.block_until_ready(trainer.score_batch(box["state"], batch))
         calls_per_example = BATCH
     else:
-        decode = _ours_decoder(module, trainer, state, mesh)
-        enc = batch["encoder_input_tokens"]
+        prompts_batch = {"encoder_input_tokens": batch["encoder_input_tokens"]}
 
         def call():
-            jax.block_until_ready(decode(enc))
+            jax.block_until_ready(trainer.predict_batch(box["state"], prompts_batch, max_decode_len=TARGET_LEN))
         calls_per_example = BATCH
     times, cpu, step_rss = _time_calls(call, args.warmup, args.steps)
     return times, cpu, step_rss, calls_per_example
-
-
-def _ours_decoder(module, trainer, state, mesh):
-    """Greedy decoding through the project's inference entry point (`prompt_tuning.inference.predict_batch`)."""
-    from prompt_tuning import inference
-    params = trainer.params_for_eval(state)
-
-    def decode(encoder_input_tokens):
-        return inference.predict_batch(module, params, {"encoder_input_tokens": encoder_input_tokens},
-                                       method="greedy", max_decode_len=TARGET_LEN)
-    return decode
 
 
 # --------------------------------------------------------------------------------------------------- peft

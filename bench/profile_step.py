@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_w_small as bw  # noqa: E402
+import common  # noqa: E402
 
 _INSTR = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*)")
 
@@ -128,9 +128,8 @@ def main():
     args = p.parse_args()
     import jax
 
-    setup_args = argparse.Namespace(microbatches=args.microbatches, remat="none", f32_frozen=False)
-    _, trainer, state, batch, _, _ = bw._ours_setup(setup_args, bf16=False)
-    box = {"state": state}
+    ours = common.ours_setup(args.microbatches)
+    trainer, batch, box = ours.trainer, ours.batch, {"state": ours.state}
 
     def call():
         if args.phase == "train":
@@ -142,9 +141,9 @@ def main():
     for _ in range(2):
         call()
     if args.phase == "train":
-        hlo = trainer._train_step.lower(trainer.frozen, box["state"], batch).compile().as_text()
+        hlo = trainer.lower_train_step(box["state"], batch).compile().as_text()
     else:
-        hlo = trainer._score.lower(trainer.frozen, box["state"].trainable, batch).compile().as_text()
+        hlo = trainer.lower_score_batch(box["state"], batch).compile().as_text()
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         t0 = time.perf_counter()
@@ -161,7 +160,7 @@ def main():
     for kind, (wall, gflop) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
         rate = f"{gflop / wall:6.1f} GFLOP/s" if gflop else ""
         print(f"  {kind:30s} {wall:5.2f} s  {100 * wall / total_wall:4.1f}%  {gflop:6.1f} GFLOP  {rate}")
-    rows = bw.BATCH // args.microbatches * (bw.INPUT_LEN + bw.PROMPT_LEN)  # one microbatch's positions
+    rows = common.BATCH // args.microbatches * (common.INPUT_LEN + common.PROMPT_LEN)  # one microbatch's positions
     for system, rate in gemm_rate(rows, 512, 1024).items():
         print(f"  isolated GEMM [{rows},512]x[512,1024], {system}: {rate:.0f} GFLOP/s -> "
               f"{total_flops:.0f} GFLOP at that rate = {total_flops / rate:.2f} s")

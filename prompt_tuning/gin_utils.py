@@ -159,8 +159,10 @@ def parse_cli(argv: Sequence[str], description: str, extra_flags=None) -> argpar
 
 def register_configurables() -> None:
     """Imports every module whose @gin.configurable names the gin files use."""
+    import prompt_tuning.models  # noqa: F401
     import prompt_tuning.prompts  # noqa: F401
     import prompt_tuning.t5.config  # noqa: F401
+    import prompt_tuning.t5.decoder_only  # noqa: F401
     import prompt_tuning.t5.network  # noqa: F401
     import prompt_tuning.tasks  # noqa: F401
     from prompt_tuning.train import checkpointing, data, evaluation, loop, optimizers  # noqa: F401

@@ -55,12 +55,6 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules: LogicalRules = STANDAR
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def param_logical_specs(module: nn.Module, *init_args, **init_kwargs):
-    """Logical PartitionSpecs of `module`'s parameters, found without allocating them."""
-    abstract = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *init_args, **init_kwargs))
-    return nn.get_partition_spec(abstract)["params"]
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batches are split along 'data' on their leading axis."""
     return NamedSharding(mesh, PartitionSpec("data"))

@@ -1,23 +1,26 @@
-"""The data source behind every task: TFDS or the official files, chosen by gin when data is read.
+"""The data source behind every task: TFDS or the official files, chosen by environment variables when
+data is read (tasks register at import, before any flag or gin file is parsed).
 
-gin (either form):
-    prompt_tuning.tasks.sources.source_settings.kind = 'files'        # or 'tfds' (default)
-    prompt_tuning.tasks.sources.source_settings.data_dir = '/data'     # official files, kind='files'
-    prompt_tuning.tasks.sources.source_settings.tfds_data_dir = '/tfds'  # TFDS data dir, kind='tfds'
-`set_source(kind, data_dir=..., tfds_data_dir=...)` does the same from code (a CLI flag).  A t5x-style
-`--tfds_data_dir` (seqio.set_tfds_data_dir_override) is honoured too when `tfds_data_dir` is unset.
+    PROMPT_TUNING_DATA_SOURCE=files PROMPT_TUNING_DATA_DIR=/data   # the official files under /data
+    PROMPT_TUNING_DATA_SOURCE=tfds  PROMPT_TUNING_TFDS_DATA_DIR=/tfds   # TFDS (the default source)
+
+The environment is the one control: our CLIs, t5x's CLIs (which refuse a MIXTURE_OR_TASK_MODULE that defines
+gin configurables), scripts and the processes they start all see it.  `set_source` writes it from code.  A
+t5x-style `--tfds_data_dir` (seqio.set_tfds_data_dir_override) is honoured too when no TFDS directory is set.
 """
 import dataclasses
 import functools
+import os
 from typing import Mapping, Optional, Sequence
 
-import gin
 import seqio
 import tensorflow as tf
 
 from prompt_tuning.tasks import official_files
 
 KINDS = ("tfds", "files")
+SOURCE_ENV, DATA_DIR_ENV, TFDS_DATA_DIR_ENV = ("PROMPT_TUNING_DATA_SOURCE", "PROMPT_TUNING_DATA_DIR",
+                                               "PROMPT_TUNING_TFDS_DATA_DIR")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,30 +30,26 @@ class SourceSettings:
     tfds_data_dir: Optional[str] = None
 
 
-_override: Optional[SourceSettings] = None
-
-
-@gin.configurable
-def source_settings(kind: str = "tfds", data_dir: Optional[str] = None,
-                    tfds_data_dir: Optional[str] = None) -> SourceSettings:
-    """Which source every task reads: 'tfds' (glue/*, super_glue/*) or 'files' (official files in data_dir)."""
-    if _override is not None:
-        return _override
-    return _validated(SourceSettings(kind, data_dir, tfds_data_dir))
-
-
-def _validated(settings: SourceSettings) -> SourceSettings:
+def source_settings() -> SourceSettings:
+    """Which source every task reads now: 'tfds' (glue/*, super_glue/*) or 'files' (official files in data_dir)."""
+    settings = SourceSettings(os.environ.get(SOURCE_ENV) or "tfds", os.environ.get(DATA_DIR_ENV) or None,
+                              os.environ.get(TFDS_DATA_DIR_ENV) or None)
     if settings.kind not in KINDS:
-        raise ValueError(f"source kind must be one of {KINDS}, got {settings.kind!r}")
+        raise ValueError(f"{SOURCE_ENV}={settings.kind!r}: use one of {', '.join(KINDS)}")
     if settings.kind == "files" and not settings.data_dir:
-        raise ValueError("source kind 'files' needs data_dir (gin: source_settings.data_dir)")
+        raise ValueError(f"{SOURCE_ENV}=files needs {DATA_DIR_ENV} (the directory of the official files)")
     return settings
 
 
 def set_source(kind: Optional[str], data_dir: Optional[str] = None, tfds_data_dir: Optional[str] = None) -> None:
-    """Overrides the gin choice from code; `set_source(None)` restores gin's."""
-    global _override
-    _override = None if kind is None else _validated(SourceSettings(kind, data_dir, tfds_data_dir))
+    """Sets the environment variables above (this process and those it starts); `set_source(None)` unsets them."""
+    for name, value in ((SOURCE_ENV, kind), (DATA_DIR_ENV, data_dir), (TFDS_DATA_DIR_ENV, tfds_data_dir)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
+    if kind is not None:
+        source_settings()  # a bad combination fails here, where it was made
 
 
 @functools.lru_cache(maxsize=None)

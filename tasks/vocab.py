@@ -1,35 +1,31 @@
-"""The vocabulary every task's output features use, with a path chosen late (gin, env or call).
+"""The vocabulary every task's output features use, its SentencePiece model found when first used.
 
-Tasks register at import time, before gin bindings are parsed, so the SentencePiece path is
-resolved only when the vocabulary is first used.
+Tasks register at import time, before flags or gin files are parsed, so the path is read late, from the
+environment ($PROMPT_TUNING_VOCAB, e.g. the copy in ../shared/vocab when GCS is unreachable), else T5's
+public file.  `set_vocabulary_path` writes the variable from code.
 """
 import os
 from typing import Optional
 
-import gin
 import seqio
 
 # T5's default vocabulary (t5.data.DEFAULT_SPM_PATH) with its 100 sentinel ids.
 T5_DEFAULT_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 T5_DEFAULT_EXTRA_IDS = 100
-# Environment override; handy for offline use (e.g. the copy in ../shared/vocab).
 VOCAB_ENV = "PROMPT_TUNING_VOCAB"
 
-_path_override: Optional[str] = None
 
-
-@gin.configurable
-def vocabulary_path(path: Optional[str] = None) -> str:
-    """The SentencePiece model path: `set_vocabulary_path` > gin `path` > $PROMPT_TUNING_VOCAB > T5's."""
-    if _path_override:
-        return _path_override
-    return path or os.environ.get(VOCAB_ENV) or T5_DEFAULT_SPM_PATH
+def vocabulary_path() -> str:
+    """The SentencePiece model path: $PROMPT_TUNING_VOCAB, else T5's."""
+    return os.environ.get(VOCAB_ENV) or T5_DEFAULT_SPM_PATH
 
 
 def set_vocabulary_path(path: Optional[str]) -> None:
-    """Overrides the vocabulary path from code (a CLI flag); None restores the gin/env default."""
-    global _path_override
-    _path_override = path
+    """Sets $PROMPT_TUNING_VOCAB (this process and those it starts); None unsets it."""
+    if path is None:
+        os.environ.pop(VOCAB_ENV, None)
+    else:
+        os.environ[VOCAB_ENV] = str(path)
 
 
 class ConfigurableSentencePieceVocabulary(seqio.SentencePieceVocabulary):

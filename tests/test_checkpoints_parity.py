@@ -10,8 +10,6 @@ from conftest import shared_path
 from prompt_tuning import partitioning
 from prompt_tuning.checkpoints import flatten, load_pretrained
 
-pytest.importorskip("prompt_tuning.t5.network", reason="the model (prompt_tuning/t5/network.py) is not written yet")
-
 EOS = 1
 
 
@@ -104,18 +102,20 @@ def test_hf_logits_hidden_state_likelihood_greedy(hf):
 
 
 def test_hf_greedy_through_cached_decoding(hf):
-    inference = pytest.importorskip("prompt_tuning.inference", reason="prompt_tuning/inference.py not written yet")
+    from prompt_tuning.models import EncoderDecoderModel
     module, params, ref = hf
-    tokens, scores = inference.predict_batch(module, params, {"encoder_input_tokens": np.int32(ref["input_ids"])},
-                                             method="greedy", max_decode_len=6)
+    tokens, scores = EncoderDecoderModel(module).predict_batch(
+        params, {"encoder_input_tokens": np.int32(ref["input_ids"])}, method="greedy", max_decode_len=6)
     np.testing.assert_array_equal(np.asarray(tokens), ref["greedy_sequences"][:, 1:])
     np.testing.assert_allclose(np.asarray(scores), ref["greedy_scores"], atol=1e-4)
 
 
 def test_prompt_hook_reproduces_peft_logits():
-    pytest.importorskip("prompt_tuning.prompts.attach", reason="attach_prompt not written yet")
+    from prompt_tuning import pretrained
     ref = dict(np.load(shared_path("fixtures", "hf_t5_1_1_tiny", "peft_reference.npz")))
-    module, params = load_pretrained(shared_path("fixtures", "hf_t5_1_1_tiny"), prompt=ref["prompt_embedding"])
+    model, params = pretrained.load_pretrained(shared_path("fixtures", "hf_t5_1_1_tiny"),
+                                               prompt=ref["prompt_embedding"])
+    module = model.module
     labels = ref["labels"]
     logits = np.asarray(module.apply({"params": params}, np.int32(ref["input_ids"]),
                                      np.int32(ref["decoder_input_ids"]), np.int32(np.maximum(labels, 0))))
@@ -166,18 +166,15 @@ def test_explicit_config_mismatch_names_key_and_shapes(hf):
     assert len(message) < 3000
 
 
-def test_dtype_and_prompt_hook(monkeypatch):
-    import prompt_tuning.prompts
-    calls = []
-
-    def fake_attach(module, params, prompt):
-        calls.append(prompt)
-        return module, dict(params, marker=prompt)
-
-    monkeypatch.setattr(prompt_tuning.prompts, "attach_prompt", fake_attach, raising=False)
-    module, params = load_pretrained(shared_path("fixtures", "hf_t5_1_1_tiny"), dtype="bfloat16", prompt="p")
-    assert module.config.dtype == "bfloat16" and calls == ["p"] and params["marker"] == "p"
+def test_dtype_and_prompt():
+    from prompt_tuning import pretrained
+    prompt = np.random.RandomState(0).randn(3, 64).astype(np.float32)
+    model, params = pretrained.load_pretrained(shared_path("fixtures", "hf_t5_1_1_tiny"), dtype="bfloat16",
+                                               prompt=prompt)
+    assert model.module.config.dtype == "bfloat16"
+    np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"], prompt)
     assert params["token_embedder"]["embedding"].dtype == np.float32
+    assert model.module.encoder_input_processor_factory.keywords["length"] == 3
 
 
 def test_scanned_model_loads_unrolled_checkpoint(t5x):

@@ -14,6 +14,13 @@ import prompt_tuning.train.testing
 network.Transformer.config = @testing.tiny_config()
 PROMPT_LENGTH = 3
 """
+DECODER_ONLY_GIN = """
+include 'models/decoder_only_prompt.gin'
+include 'prompts/uniform.gin'
+import prompt_tuning.train.testing
+decoder_only.DecoderOnly.config = @testing.tiny_config()
+PROMPT_LENGTH = 3
+"""
 TASK_FLAGS = ["--gin.MIXTURE_OR_TASK_NAME='pt_tiny_count'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 12, 'targets': 4}",
               "--gin.BATCH_SIZE=8"]
 
@@ -88,7 +95,7 @@ def test_train_then_eval_then_infer(tiny_gin, tmp_path):
     config = (run / "config.gin").read_text()
     assert "TRAIN_STEPS = 4" in config and "MIXTURE_OR_TASK_NAME = 'pt_tiny_count'" in config
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4"]
-    train_accuracy = history["eval"][-1]["pt_tiny_count/accuracy"]
+    train_accuracy = history.evals[-1]["pt_tiny_count/accuracy"]
 
     gin.clear_config()
     metrics = eval_cli.main([f"--gin_file={tiny_gin}", "--gin_file=runs/prompt_eval.gin",
@@ -110,13 +117,13 @@ def test_train_then_eval_then_infer(tiny_gin, tmp_path):
 
 
 def test_shipped_prompt_model_with_run_file_parses():
-    """The PROMPT helper's models/*_prompt.gin + runs/prompt_finetune.gin: only the required macros to set."""
+    """models/*_prompt.gin + runs/prompt_finetune.gin: only the required macros to set."""
     from prompt_tuning.prompts import PromptProcessor
     _parse(["--gin_file=models/t5_1_1_lm_adapted_small_prompt.gin", "--gin_file=runs/prompt_finetune.gin",
             "--gin.MODEL_DIR='/tmp/x'", "--gin.TRAIN_STEPS=2", "--gin.PROMPT_LENGTH=7", *TASK_FLAGS])
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-    assert model.config.emb_dim == 512 and model.config.dropout_rate == 0.1
-    factory = model.encoder_input_processor_factory
+    assert model.module.config.emb_dim == 512 and model.module.config.dropout_rate == 0.1
+    factory = model.module.encoder_input_processor_factory
     assert factory.func is PromptProcessor and factory.keywords["length"] == 7
     assert gin.query_parameter("%PROMPT_LENGTH") == 7
 
@@ -143,3 +150,31 @@ def test_python_dash_m_reaches_the_gin_config(cli, run_file, tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "gin error: missing required macro MIXTURE_OR_TASK_NAME: pass --gin.MIXTURE_OR_TASK_NAME=..."), result.stderr
+
+
+def test_decoder_only_trains_evaluates_and_decodes_through_the_clis(tmp_path):
+    """The prefix-LM model through the same three CLIs, each a real `python -m` process."""
+    import subprocess
+    import sys
+    gin_file = tmp_path / "decoder_only.gin"
+    gin_file.write_text(DECODER_ONLY_GIN)
+    run = tmp_path / "run"
+
+    def cli(name, *flags):
+        result = subprocess.run([sys.executable, "-m", name, f"--gin_file={gin_file}", *flags, *TASK_FLAGS],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+    out = cli("prompt_tuning.train", "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{run}'",
+              "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4")
+    assert "eval @ step 4: pt_tiny_count/accuracy=" in out
+    prompt = np.load(run / "numpy_checkpoints" / "checkpoint_4" / "decoder.prompt.prompt.npy")
+    assert prompt.shape == (3, 16)
+    out = cli("prompt_tuning.eval", "--gin_file=runs/prompt_eval.gin", f"--gin.MODEL_DIR='{tmp_path / 'eval'}'",
+              f"--gin.PROMPT_CHECKPOINT_PATH='{run}'")
+    eval_line = json.loads((run / "eval" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"pt_tiny_count/accuracy: {eval_line['pt_tiny_count/accuracy']:.4f}" in out
+    cli("prompt_tuning.infer", "--gin_file=runs/prompt_infer.gin", "--gin_file=decoding/beam_search.gin",
+        "--gin.BEAM_SIZE=2", f"--gin.MODEL_DIR='{tmp_path / 'infer'}'", f"--gin.PROMPT_CHECKPOINT_PATH='{run}'")
+    lines = [json.loads(x) for x in open(tmp_path / "infer" / "inference" / "pt_tiny_count-validation.jsonl")]
+    assert len(lines) == 16 and all(set(x["inputs"]) <= set("ab") for x in lines)

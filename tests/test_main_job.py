@@ -47,11 +47,11 @@ def test_splits_are_deterministic_and_the_baseline_is_computed_from_them():
 
 def test_committed_checkpoint_is_the_pretrained_model():
     """Read through load_pretrained (config inferred from the arrays); it solves its pretraining skills."""
-    from prompt_tuning import inference
-    from prompt_tuning.checkpoints import load_pretrained
+    from prompt_tuning.pretrained import load_pretrained
     from prompt_tuning.scripts.pretrain_tiny import TINY_CONFIG
 
-    module, params = load_pretrained(os.path.relpath(demo.ASSET_CHECKPOINT))  # relative paths work too
+    model, params = load_pretrained(os.path.relpath(demo.ASSET_CHECKPOINT))  # relative paths work too
+    module = model.module
     assert module.config == TINY_CONFIG
     vocab = synthetic.VOCABULARY
     examples = _examples(synthetic._pretrain_example, n=64, seed=123)
@@ -59,7 +59,7 @@ def test_committed_checkpoint_is_the_pretrained_model():
     for row, (inputs, _) in enumerate(examples):
         ids = list(vocab.encode(inputs)) + [1]
         tokens[row, :len(ids)] = ids
-    decodes, _ = inference.predict_batch(module, params, {"encoder_input_tokens": tokens}, max_decode_len=4)
+    decodes, _ = model.predict_batch(params, {"encoder_input_tokens": tokens}, max_decode_len=4)
     predictions = [vocab.decode([int(t) for t in row if t > 1]) for row in np.asarray(decodes)]
     accuracy = np.mean([p == target for p, (_, target) in zip(predictions, examples)])
     assert accuracy >= 0.95, list(zip(predictions, examples))[:8]

@@ -29,14 +29,15 @@ def worker(process_id: int, port: int, model_dir: str):
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     import gin
     from prompt_tuning.train import data, loop, testing
-    from test_train import LENGTHS, tiny_module
+    from prompt_tuning.train.checkpointing import read_trainable
+    from test_train import LENGTHS, tiny_model
     assert jax.device_count() == 8 and jax.local_device_count() == 4
     gin.bind_parameter("Checkpointer.period", STEPS)
-    history = loop.train(model_dir=model_dir, model=tiny_module(dropout=0.1),
-                         train_dataset_cfg=data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8),
-                         train_steps=STEPS, eval_period=STEPS, log_every=1, model_parallel_size=2)
-    prompt = history["state"].trainable["encoder"]["prompt"]["prompt"]
-    np.save(os.path.join(model_dir, f"prompt_process{process_id}.npy"), np.asarray(prompt.addressable_data(0)))
+    loop.train(model_dir=model_dir, model=tiny_model(dropout=0.1),
+               train_dataset_cfg=data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8),
+               train_steps=STEPS, eval_period=STEPS, log_every=1, model_parallel_size=2)
+    prompt = read_trainable(os.path.join(model_dir, "checkpoints"))["encoder"]["prompt"]["prompt"]
+    np.save(os.path.join(model_dir, f"prompt_process{process_id}.npy"), prompt)
 
 
 def test_two_processes_match_one(tmp_path):
@@ -44,7 +45,7 @@ def test_two_processes_match_one(tmp_path):
     import seqio
     from prompt_tuning import partitioning
     from prompt_tuning.train import data, testing
-    from test_train import LENGTHS, tiny_module
+    from test_train import CONVERTER, LENGTHS, tiny_model
     from prompt_tuning.train import optimizers, params as params_lib, trainer as trainer_lib
 
     port, model_dir = _free_port(), str(tmp_path / "run")
@@ -59,11 +60,12 @@ def test_two_processes_match_one(tmp_path):
     # Single-process reference over the same 8-device mesh shape, with the two shards concatenated.
     mesh = partitioning.make_mesh(2)
     cfg = data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8)
-    shards = [data.numpy_batches(data.get_dataset(cfg, shard_info=seqio.ShardInfo(i, 2))) for i in range(2)]
-    module = tiny_module(dropout=0.1)
-    params, shardings = params_lib.init_params(module, params_lib.dummy_inputs(LENGTHS), mesh, jax.random.PRNGKey(0))
+    shards = [data.numpy_batches(data.get_dataset(cfg, CONVERTER, shard_info=seqio.ShardInfo(i, 2)))
+              for i in range(2)]
+    model = tiny_model(dropout=0.1)
+    params, shardings = params_lib.init_params(model, model.dummy_batch(LENGTHS), mesh, jax.random.PRNGKey(0))
     tx, schedule = optimizers.make_optimizer()
-    trainer = trainer_lib.Trainer(module, params, shardings, mesh, tx, schedule)
+    trainer = trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule)
     state, expected = trainer.init_state(), []
     for _ in range(STEPS):
         parts = [next(s) for s in shards]

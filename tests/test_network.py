@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from prompt_tuning import inference
+from prompt_tuning import losses, models
 from prompt_tuning.t5 import layers, network
 from prompt_tuning.t5.config import T5Config
 from conftest import shared_path
@@ -140,10 +140,10 @@ def test_transformer_is_gin_configurable(tiny):
 
 @pytest.fixture(scope="module")
 def t5x_fixture():
-    from prompt_tuning.checkpoints import read_t5x_params
+    from prompt_tuning.checkpoints import read_params
     ckpt = shared_path("fixtures", "t5x_t5_1_1_tiny", "checkpoint_0")
     ref = dict(np.load(shared_path("fixtures", "t5x_t5_1_1_tiny", "reference.npz")))
-    return network.Transformer(FIXTURE_CONFIG), read_t5x_params(str(ckpt)), ref
+    return network.Transformer(FIXTURE_CONFIG), read_params(str(ckpt)), ref
 
 
 def test_t5x_param_tree_matches_checkpoint(t5x_fixture):
@@ -154,7 +154,7 @@ def test_t5x_param_tree_matches_checkpoint(t5x_fixture):
 
 def test_t5x_logits_all_positions(t5x_fixture):
     module, params, ref = t5x_fixture
-    logits = inference.compute_logits(module, params, ref)
+    logits = models.EncoderDecoderModel(module).logits(params, ref)
     assert logits.dtype == jnp.float32
     # Every position, padded targets included (t5x's fully masked rows -> uniform attention).
     assert np.abs(np.asarray(logits) - ref["logits"]).max() <= 1e-4
@@ -349,12 +349,13 @@ def test_prompt_joins_encoder_sequence(prompted):
 def test_prompted_greedy_decode_matches_teacher_forcing(prompted):
     """Cached decoding sees the same joined encoder sequence as teacher forcing."""
     module, params, _, batch = prompted
-    tokens, scores = inference.predict_batch(module, params, batch, method="greedy", max_decode_len=4)
+    tokens, scores = models.EncoderDecoderModel(module).predict_batch(params, batch, method="greedy",
+                                                                      max_decode_len=4)
     tokens = np.asarray(tokens)
     before_eos = np.cumsum(np.cumsum(tokens == 1, axis=1), axis=1) <= 1
     decoder_inputs = np.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
     logits = module.apply({"params": params}, batch["encoder_input_tokens"], decoder_inputs)
-    expected = inference.token_log_probs_from_logits(logits, tokens, before_eos).sum(-1)
+    expected = losses.token_log_probs(logits, tokens, before_eos).sum(-1)
     np.testing.assert_allclose(expected, scores, atol=1e-5)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import shared_path
 from prompt_tuning import prompts
-from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.pretrained import load_pretrained
 
 TOL = 1e-4
 
@@ -14,8 +14,8 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def setup():
     model_dir = shared_path("fixtures", "hf_t5_1_1_tiny")
-    module, params = load_pretrained(str(model_dir), prompt=str(model_dir / "peft_prompt"))
-    return model_dir, module, params, dict(np.load(model_dir / "peft_reference.npz"))
+    model, params = load_pretrained(str(model_dir), prompt=str(model_dir / "peft_prompt"))
+    return model_dir, model.module, params, dict(np.load(model_dir / "peft_reference.npz"))
 
 
 def hf_loss(module, params, ref):
@@ -62,5 +62,5 @@ def test_export_and_reimport_round_trip(setup, tmp_path):
     model_dir, module, params, ref = setup
     prompts.save_peft_prompt(str(tmp_path), params["encoder"]["prompt"]["prompt"], num_layers=2,
                              num_attention_heads=4)
-    module2, params2 = load_pretrained(str(model_dir), prompt=str(tmp_path))
+    _, params2 = load_pretrained(str(model_dir), prompt=str(tmp_path))
     np.testing.assert_array_equal(params2["encoder"]["prompt"]["prompt"], ref["prompt_embedding"])

@@ -17,10 +17,16 @@ def official_root(tmp_path_factory):
     return write_all(str(tmp_path_factory.mktemp("official")))
 
 
+def _restore_source_after(monkeypatch):
+    """The source's environment variables come back as they were after the test (set_source writes them)."""
+    for name in (sources.SOURCE_ENV, sources.DATA_DIR_ENV, sources.TFDS_DATA_DIR_ENV):
+        monkeypatch.setenv(name, "")
+
+
 @pytest.fixture
 def files_dir(official_root, monkeypatch):
     """The tiny official files as the active source (restored after the test)."""
-    monkeypatch.setattr(sources, "_override", sources._override)
+    _restore_source_after(monkeypatch)
     tasks.set_source("files", data_dir=official_root)
     return official_root
 
@@ -86,20 +92,26 @@ def test_every_task_and_mixture_is_registered():
     assert rates["super_glue_record_v102"] == 138_854 and rates["super_glue_wsc_v102_simple_train"] == 259
 
 
-def test_source_choice_is_gin_configurable(tmp_path, monkeypatch):
-    import gin
-    monkeypatch.setattr(sources, "_override", None)
-    with gin.unlock_config():
-        gin.parse_config(["prompt_tuning.tasks.sources.source_settings.kind = 'files'",
-                          f"prompt_tuning.tasks.sources.source_settings.data_dir = '{tmp_path}'"])
-    try:
-        src = seqio.get_mixture_or_task("super_glue_rte_v102").source.active()
-        assert isinstance(src, sources.OfficialFilesSource) and src.data_dir == str(tmp_path)
-    finally:
-        gin.clear_config()
+def test_source_choice_comes_from_the_environment(tmp_path, monkeypatch):
+    _restore_source_after(monkeypatch)
+    monkeypatch.setenv(sources.SOURCE_ENV, "files")
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+    src = seqio.get_mixture_or_task("super_glue_rte_v102").source.active()
+    assert isinstance(src, sources.OfficialFilesSource) and src.data_dir == str(tmp_path)
+    tasks.set_source(None)
     assert isinstance(seqio.get_mixture_or_task("super_glue_rte_v102").source.active(), seqio.TfdsDataSource)
-    with pytest.raises(ValueError, match="data_dir"):
+    with pytest.raises(ValueError, match=sources.DATA_DIR_ENV):
         tasks.set_source("files")
+
+
+def test_tasks_module_defines_no_gin_configurable():
+    """t5x refuses a MIXTURE_OR_TASK_MODULE that registers gin configurables (they must precede flag parsing)."""
+    import subprocess
+    import sys
+    # t5x imports the module after gin is locked; a new configurable then raises (t5x.utils.import_module).
+    code = "import gin; gin.finalize(); import prompt_tuning.tasks"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------ T5 formats, tiny files
@@ -283,7 +295,7 @@ def test_bom_and_quotes_are_read_literally(tmp_path):
 
 def test_tfds_source_with_mock_data(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
-    monkeypatch.setattr(sources, "_override", sources._override)
+    _restore_source_after(monkeypatch)
     tasks.set_source("tfds", tfds_data_dir=str(tmp_path))
     task = seqio.get_mixture_or_task("super_glue_rte_v102")
     active = task.source.active()
@@ -354,7 +366,7 @@ SHARED_TASKS = {"BoolQ": "boolq", "CB": "cb", "COPA": "copa", "RTE": "rte", "WiC
 @pytest.fixture
 def shared_data(monkeypatch):
     root = shared_path("data")
-    monkeypatch.setattr(sources, "_override", sources._override)
+    _restore_source_after(monkeypatch)
     tasks.set_source("files", data_dir=str(root))
     return root
 
@@ -393,14 +405,10 @@ def test_real_mrpc(shared_data):
     assert_perfect("glue_mrpc_from_qqp_v002", gold_metrics("glue_mrpc_v002", dev))
 
 
-def test_real_vocab_tokenizes_with_eos(shared_data):
-    vocab_path = shared_path("vocab", "t5_spiece.model")
-    tasks.set_vocabulary_path(str(vocab_path))
-    try:
-        ds = seqio.get_mixture_or_task("taskless_super_glue_cb_v102").get_dataset(
-            {"inputs": 64, "targets": 8}, split="validation", shuffle=False)
-        ex = next(ds.as_numpy_iterator())
-        assert ex["targets"].tolist() == tasks.vocab.VOCABULARY.encode("contradiction") + [1]
-        assert ex["inputs"][-1] == 1 and len(ex["inputs"]) <= 64
-    finally:
-        tasks.set_vocabulary_path(None)
+def test_real_vocab_tokenizes_with_eos(shared_data, monkeypatch):
+    monkeypatch.setenv(tasks.vocab.VOCAB_ENV, str(shared_path("vocab", "t5_spiece.model")))
+    ds = seqio.get_mixture_or_task("taskless_super_glue_cb_v102").get_dataset(
+        {"inputs": 64, "targets": 8}, split="validation", shuffle=False)
+    ex = next(ds.as_numpy_iterator())
+    assert ex["targets"].tolist() == tasks.vocab.VOCABULARY.encode("contradiction") + [1]
+    assert ex["inputs"][-1] == 1 and len(ex["inputs"]) <= 64

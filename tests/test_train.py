@@ -10,20 +10,25 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from prompt_tuning import partitioning
+from prompt_tuning import losses, models, partitioning
 from prompt_tuning.prompts.processor import PromptProcessor
 from prompt_tuning.t5.network import Transformer
-from prompt_tuning.train import data, loop, losses, optimizers, params as params_lib, testing
+from prompt_tuning.train import data, loop, optimizers, params as params_lib, setup, testing
 from prompt_tuning.train import trainer as trainer_lib
+from prompt_tuning.train.checkpointing import read_trainable
 from prompt_tuning.train.evaluation import Evaluator
 
 LENGTHS = {"inputs": 12, "targets": 4}
 PROMPT_PATH = ("encoder", "prompt", "prompt")
 
 
-def tiny_module(dropout=0.0):
-    return Transformer(testing.tiny_config(dropout_rate=dropout),
-                       encoder_input_processor_factory=functools.partial(PromptProcessor, length=3))
+def tiny_model(dropout=0.0):
+    return models.EncoderDecoderModel(Transformer(testing.tiny_config(dropout_rate=dropout),
+                                                  encoder_input_processor_factory=functools.partial(PromptProcessor,
+                                                                                                    length=3)))
+
+
+CONVERTER = tiny_model().feature_converter()
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +38,15 @@ def mesh():
 
 @pytest.fixture(scope="module")
 def batch(mesh):
-    ds = data.get_dataset(data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8))
+    ds = data.get_dataset(data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8), CONVERTER)
     return data.to_global(next(data.numpy_batches(ds)), mesh)
 
 
 def make_trainer(mesh, **kwargs):
-    module = tiny_module()
-    params, shardings = params_lib.init_params(module, params_lib.dummy_inputs(LENGTHS), mesh,
-                                               jax.random.PRNGKey(0))
+    model = tiny_model()
+    params, shardings = params_lib.init_params(model, model.dummy_batch(LENGTHS), mesh, jax.random.PRNGKey(0))
     tx, schedule = optimizers.make_optimizer()
-    return trainer_lib.Trainer(module, params, shardings, mesh, tx, schedule, **kwargs)
+    return trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,8 @@ def test_only_the_prompt_has_state_and_changes(trained):
 
 def test_frozen_weights_untouched_and_placed(trained, mesh):
     trainer, _, _, _ = trained
-    fresh, _ = params_lib.init_params(tiny_module(), params_lib.dummy_inputs(LENGTHS), mesh, jax.random.PRNGKey(0))
+    model = tiny_model()
+    fresh, _ = params_lib.init_params(model, model.dummy_batch(LENGTHS), mesh, jax.random.PRNGKey(0))
     _, fresh_frozen = optimizers.split_params(fresh)
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(fresh_frozen),
                            jax.device_get(trainer.frozen))
@@ -143,23 +148,23 @@ def test_frozen_bfloat16(mesh, batch):
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def _run(model_dir, steps, stop_after=None, eval_period=0, metric=None):
+def _run(model_dir, steps, eval_period=0, metric=None, **kwargs):
     gin.clear_config()
     gin.bind_parameter("Checkpointer.period", 2)
     gin.bind_parameter("Checkpointer.keep", 2)
     if metric:
         gin.bind_parameter("Checkpointer.metric", metric)
     try:
-        return loop.train(model_dir=str(model_dir), model=tiny_module(dropout=0.1),
+        return loop.train(model_dir=str(model_dir), model=tiny_model(dropout=0.1),
                           train_dataset_cfg=data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8),
-                          train_steps=steps, stop_after=stop_after, eval_period=eval_period, log_every=2,
-                          model_parallel_size=2)
+                          train_steps=steps, eval_period=eval_period, log_every=2, model_parallel_size=2, **kwargs)
     finally:
         gin.clear_config()
 
 
-def _prompt(history):
-    return np.asarray(jax.device_get(history["state"].trainable["encoder"]["prompt"]["prompt"]))
+def _prompt(result: loop.TrainResult):
+    """The run's newest saved prompt (the final one)."""
+    return read_trainable(os.path.join(result.model_dir, "checkpoints"))["encoder"]["prompt"]["prompt"]
 
 
 @pytest.fixture(scope="module")
@@ -170,10 +175,10 @@ def full_run(tmp_path_factory):
 
 def test_interrupted_and_resumed_run_ends_with_the_same_prompt(full_run, tmp_path):
     _, history = full_run
-    first = _run(tmp_path, 6, stop_after=3)      # "preempted" after step 3 (checkpoint at step 3 is forced)
-    assert first["step"] == 3
+    first = _run(tmp_path, 3)        # "preempted" after step 3 (the last step's checkpoint is forced)
+    assert (first.step, first.start_step) == (3, 0)
     resumed = _run(tmp_path, 6)
-    assert resumed["step"] == 6
+    assert (resumed.step, resumed.start_step) == (6, 3)
     np.testing.assert_array_equal(_prompt(history), _prompt(resumed))   # same data, same dropout rng
 
 
@@ -186,7 +191,9 @@ def test_checkpoint_files(full_run):
     npy = np.load(model_dir / "numpy_checkpoints" / "checkpoint_6" / "encoder.prompt.prompt.npy")
     np.testing.assert_array_equal(npy, _prompt(history))
     assert not [p for p in (model_dir / "numpy_checkpoints").rglob("*tmp*")]
-    assert history["best_step"] in (3, 6) and os.listdir(model_dir / "best")
+    assert history.best_step in (3, 6) and os.listdir(model_dir / "best")
+    assert [e["step"] for e in history.evals] == [3, 6] and history.last_train["loss"] > 0
+    assert history.plot and history.stop_reason is None
     assert (model_dir / "training_curves.png").stat().st_size > 1000
     lines = [json.loads(x) for x in open(model_dir / "eval" / "metrics.jsonl")]
     assert [x["step"] for x in lines] == [3, 6] and f"{testing.TINY_TASK}/accuracy" in lines[0]
@@ -206,8 +213,14 @@ def test_extract_prompt(full_run, tmp_path):
 
 def test_restore_trainable_for_eval(full_run):
     model_dir, history = full_run
-    state = loop.restore_trainable(history["trainer"], str(model_dir / "checkpoints"))
+    trainer, state = setup.load_for_eval(tiny_model(), LENGTHS, model_parallel_size=2,
+                                         prompt_checkpoint_path=str(model_dir / "checkpoints"))
     np.testing.assert_array_equal(np.asarray(state.trainable["encoder"]["prompt"]["prompt"]), _prompt(history))
+    best_step = str(history.best_step)
+    _, best = setup.load_for_eval(tiny_model(), LENGTHS, prompt_checkpoint_path=str(model_dir))  # best/ wins
+    np.testing.assert_array_equal(
+        np.asarray(best.trainable["encoder"]["prompt"]["prompt"]),
+        read_trainable(str(model_dir / "best" / best_step))["encoder"]["prompt"]["prompt"])
 
 
 def test_score_evaluation_matches_direct_scores(trained, tmp_path):
@@ -216,9 +229,42 @@ def test_score_evaluation_matches_direct_scores(trained, tmp_path):
     metrics = evaluator.evaluate(state, step=8)
     # Direct: the same 16 validation examples scored with the loss function's log-likelihoods.
     ds = data.get_dataset(data.DatasetConfig(testing.TINY_SCORE_TASK, LENGTHS, split="validation", batch_size=16,
-                                             shuffle=False), num_epochs=1)
+                                             shuffle=False), CONVERTER, num_epochs=1)
     batch = next(data.numpy_batches(ds))
-    logits = trainer._forward(trainer.params_for_eval(state), batch, False)
-    direct = losses.sequence_scores(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+    logits = trainer.model.logits(trainer.params_for_eval(state), batch)
+    direct = losses.token_log_probs(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]).sum(-1)
     np.testing.assert_allclose(metrics[f"{testing.TINY_SCORE_TASK}/mean_score"], float(jnp.mean(direct)),
                                rtol=1e-5)
+
+
+def test_trainer_and_model_give_the_same_scores_and_decodes(trained, batch):
+    """One implementation: the trainer's jitted, sliced scoring is the model's, as is its decoding."""
+    trainer, _, state, _ = trained
+    params = trainer.params_for_eval(state)
+    host = {k: np.asarray(v) for k, v in batch.items()}
+    np.testing.assert_allclose(np.asarray(trainer.score_batch(state, batch)),
+                               np.asarray(trainer.model.score_batch(params, host)), rtol=1e-5, atol=1e-5)
+    tokens, scores = trainer.predict_batch(state, batch, max_decode_len=3)
+    direct_tokens, direct_scores = trainer.model.predict_batch(params, host, max_decode_len=3)
+    np.testing.assert_array_equal(tokens, direct_tokens)
+    np.testing.assert_allclose(scores, direct_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_lowered_steps_compile_from_abstract_inputs(trained, batch):
+    trainer, _, state, _ = trained
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in batch.items()}
+    compiled = trainer.lower_train_step(trainer.abstract_state(), abstract_batch).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes > 0
+    assert trainer.lower_score_batch(state, abstract_batch).compile().cost_analysis()["flops"] > 0
+
+
+def test_early_stopping_stops_and_a_resume_keeps_the_count(tmp_path):
+    metric = f"{testing.TINY_TASK}/accuracy"
+    stopper = loop._EarlyStopping(metric, patience=2)
+    assert [stopper.update(s, {metric: v}) is None for s, v in ((1, 50.0), (2, 60.0), (3, 55.0))] == [True] * 3
+    assert "has not improved for 2 evaluations" in stopper.update(4, {metric: 60.0})
+    # A real run: the tiny task's accuracy plateaus, so patience 1 ends it before TRAIN_STEPS.
+    result = _run(tmp_path, 40, eval_period=2, early_stopping_metric=metric, early_stopping_patience=1)
+    assert result.stop_reason and result.step < 40 and "early stopping" in result.stop_reason
+    again = _run(tmp_path, 40, eval_period=2, early_stopping_metric=metric, early_stopping_patience=1)
+    assert (again.step, again.stop_reason) == (result.step, result.stop_reason)  # nothing more trained

@@ -1,9 +1,9 @@
-"""Vocabularies against seqio's own token ids for the real T5 SentencePiece model."""
+"""The tasks' vocabulary (found through $PROMPT_TUNING_VOCAB) against seqio's own ids for the real T5 model."""
 import json
 
 import pytest
 
-from prompt_tuning import vocab
+from prompt_tuning.tasks import vocab
 from conftest import shared_path
 
 
@@ -14,7 +14,10 @@ def reference():
 
 @pytest.fixture(scope="module")
 def t5_vocab():
-    return vocab.t5_vocabulary(shared_path("vocab", "t5_spiece.model"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(vocab.VOCAB_ENV, str(shared_path("vocab", "t5_spiece.model")))
+        assert vocab.vocabulary_path().endswith("t5_spiece.model")
+        yield vocab.VOCABULARY
 
 
 def test_t5_vocabulary_sizes_and_special_ids(t5_vocab, reference):
@@ -33,13 +36,10 @@ def test_t5_encode_decode_matches_seqio_reference(t5_vocab, reference):
         assert t5_vocab.decode(case["ids"]) == case["decoded"], case["ids"]
 
 
-def test_byte_vocabulary():
-    v = vocab.byte_vocabulary()
-    assert v.encode("hé") == [ord("h") + 3, 0xC3 + 3, 0xA9 + 3]
-    assert v.decode(v.encode("hé") + [1, 50]) == "hé"
-    assert vocab.vocabulary_for_family("byt5").eos_id == 1
-
-
-def test_family_lookup_rejects_unknown():
-    with pytest.raises(ValueError, match="no vocabulary known"):
-        vocab.vocabulary_for_family("gpt2")
+def test_path_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(vocab.VOCAB_ENV, raising=False)
+    assert vocab.vocabulary_path() == vocab.T5_DEFAULT_SPM_PATH
+    vocab.set_vocabulary_path("/elsewhere/spm.model")
+    assert vocab.vocabulary_path() == "/elsewhere/spm.model"
+    vocab.set_vocabulary_path(None)
+    assert vocab.vocabulary_path() == vocab.T5_DEFAULT_SPM_PATH

@@ -49,9 +49,6 @@ def read_params(path: str) -> dict:
     return unflatten(open_checkpoint(path).load())
 
 
-read_t5x_params = read_params
-
-
 def _abstract_params(module: nn.Module):
     """Shapes and logical PartitionSpecs of `module`'s parameters, without allocating them."""
     tokens = jnp.ones((1, 1), jnp.int32)
@@ -62,16 +59,15 @@ def _abstract_params(module: nn.Module):
 
 def load_pretrained(path: str, *, config: Optional[T5Config] = None, family: Optional[str] = None,
                     size: Optional[str] = None, mesh: Optional[jax.sharding.Mesh] = None,
-                    rules: partitioning.LogicalRules = partitioning.STANDARD_RULES, dtype=None,
-                    prompt=None) -> Tuple[nn.Module, dict]:
+                    rules: partitioning.LogicalRules = partitioning.STANDARD_RULES,
+                    dtype=None) -> Tuple[nn.Module, dict]:
     """Read a pretrained T5 and build the matching `Transformer`; returns (module, params).
 
     Config: `config`, else `family`/`size` (prompt_tuning.t5.config.get_config), else Hugging Face's
     config.json, else inferred from the t5x arrays.  `dtype` overrides the activation dtype
     (parameters stay float32).  A config with `scan_layers` gets `layers_N` stacked on a leading axis.
     With `mesh`, every array is read block by block into its NamedSharding from the parameters'
-    logical axes and `rules`.  `prompt`, when given, is attached by
-    `prompt_tuning.prompts.attach_prompt(module, params, prompt)`.
+    logical axes and `rules`.  With a prompt: `prompt_tuning.pretrained.load_pretrained`.
     """
     from prompt_tuning.t5.network import Transformer  # imported late: the model module is heavy
 
@@ -82,20 +78,26 @@ def load_pretrained(path: str, *, config: Optional[T5Config] = None, family: Opt
         config = source.config if isinstance(source, HuggingFaceSource) else infer_config(source.shapes, source.path)
     if dtype is not None:
         config = config.replace(dtype=jnp.dtype(dtype).name)
-    if config.scan_layers and not any("/layers/" in key for key in source.shapes):
-        source = StackedLayers(source)  # unrolled checkpoint into a scanned model
     # The bare pretrained model: explicitly no prompt, even when gin injects one into Transformer.
     module = Transformer(config, encoder_input_processor_factory=None)
     shapes, logical_specs = _abstract_params(module)
-    check_shapes(source, shapes)
     shardings = None
     if mesh is not None:
-        shardings = flatten(partitioning.logical_to_sharding(logical_specs, mesh, rules),
-                            is_leaf=lambda node: isinstance(node, jax.sharding.Sharding))
-    params = unflatten(source.load(shardings, dtype=np.float32))
+        shardings = partitioning.logical_to_sharding(logical_specs, mesh, rules)
+    params = read_arrays(source, shapes, shardings)
     if mesh is None:
         params = jax.tree.map(jnp.asarray, params)
-    if prompt is not None:
-        from prompt_tuning.prompts import attach_prompt  # the PROMPT helper's hook
-        module, params = attach_prompt(module, params, prompt)
     return module, params
+
+
+def read_arrays(source, shapes, shardings=None) -> dict:
+    """The parameter tree a model with these `shapes` ({'a/b': shape}) needs, read from `source` (a path or
+    an ArraySource) and checked against them; with `shardings` (a tree of them) each array is read block by
+    block into its placement.  A scanned model ('/layers/' keys) reads an unrolled checkpoint's layers_N."""
+    source = open_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    if any("/layers/" in k for k in shapes) and not any("/layers/" in k for k in source.shapes):
+        source = StackedLayers(source)
+    check_shapes(source, shapes)
+    if shardings is not None:
+        shardings = flatten(shardings, is_leaf=lambda node: isinstance(node, jax.sharding.Sharding))
+    return unflatten(source.load(shardings, dtype=np.float32))

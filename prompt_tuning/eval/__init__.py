@@ -6,26 +6,25 @@ PROMPT_FILE) on a task's split with its seqio metrics; writes MODEL_DIR/eval/met
 import os
 from typing import Mapping, Optional
 
-import flax.linen as nn
 import gin
 import jax
 
-from prompt_tuning import gin_utils, partitioning
+from prompt_tuning import gin_utils
+from prompt_tuning.models import BaseModel
 
 
 @gin.configurable
-def evaluate(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
+def evaluate(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
              mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
              prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
              model_parallel_size: int = 1, seed: int = 0) -> dict:
     """Metrics {'<task>/<metric>': value} of the prompted model."""
-    from prompt_tuning.train import loop
+    from prompt_tuning.train import setup
     from prompt_tuning.train.evaluation import Evaluator
-    mesh = partitioning.make_mesh(model_parallel_size)
-    trainer = loop.build_trainer(model, dict(task_feature_lengths), mesh,
-                                 initial_checkpoint_path=initial_checkpoint_path, seed=seed)
-    state = loop.restore_trainable(trainer, prompt_checkpoint_path)
+    trainer, state = setup.load_for_eval(model, task_feature_lengths, model_parallel_size=model_parallel_size,
+                                         initial_checkpoint_path=initial_checkpoint_path,
+                                         prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
     evaluator = Evaluator(trainer, mixture_or_task_name, dict(task_feature_lengths), batch_size, split=split,
                           num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"))
     metrics = evaluator.evaluate(state, int(jax.device_get(state.step)))

@@ -7,37 +7,38 @@ import json
 import os
 from typing import Mapping, Optional
 
-import flax.linen as nn
 import gin
 import jax
 import seqio
 
-from prompt_tuning import gin_utils, partitioning
+from prompt_tuning import gin_utils
+from prompt_tuning.models import BaseModel
 
 
 @gin.configurable
-def infer(*, model: nn.Module = gin.REQUIRED, model_dir: str = gin.REQUIRED,
+def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
           prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
           model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1) -> str:
     """Writes predictions; returns the JSON lines path."""
-    from prompt_tuning.train import data, loop
+    from prompt_tuning.train import setup
     from prompt_tuning.train.evaluation import predict_dataset
     task = seqio.get_mixture_or_task(mixture_or_task_name)
     if not isinstance(task, seqio.Task):
         raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is a mixture; infer decodes one task")
-    mesh = partitioning.make_mesh(model_parallel_size)
     lengths = dict(task_feature_lengths)
-    trainer = loop.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed)
-    params = trainer.params_for_eval(loop.restore_trainable(trainer, prompt_checkpoint_path))
+    trainer, state = setup.load_for_eval(model, lengths, model_parallel_size=model_parallel_size,
+                                         initial_checkpoint_path=initial_checkpoint_path,
+                                         prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
+    params, mesh = trainer.params_for_eval(state), trainer.mesh
     vocab = task.output_features["targets"].vocabulary
     in_vocab = task.output_features["inputs"].vocabulary
     ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
     if num_examples:
         ds = ds.take(num_examples)
     examples = list(ds.as_numpy_iterator())
-    model_ds = data.feature_converter()(ds, lengths).enumerate()
+    model_ds = model.feature_converter()(ds, lengths).enumerate()
     out_path = os.path.join(model_dir, "inference", f"{mixture_or_task_name}-{split}.jsonl")
     lines = []
     for i, tokens in predict_dataset(model, params, model_ds, batch_size, mesh, lengths["targets"], eos_id):

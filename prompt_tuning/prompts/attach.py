@@ -1,4 +1,4 @@
-"""Give an already-loaded model a trained prompt: `load_pretrained(path, prompt=P)` ends here."""
+"""Give an already-loaded network a trained prompt: `prompt_tuning.load_pretrained(path, prompt=P)` ends here."""
 import functools
 from typing import Tuple
 
@@ -11,20 +11,17 @@ from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.checkpoint_io import read_prompt
 from prompt_tuning.prompts.processor import PromptProcessor
 
-# Models name their processor hook one of these (encoder-decoder, decoder-only).
-_HOOKS = ("encoder_input_processor_factory", "input_processor_factory")
-
 
 def _hook(module) -> str:
-    for name in _HOOKS:
-        if hasattr(module, name):
-            return name
-    raise TypeError(f"{type(module).__name__} has no input-processor hook ({' / '.join(_HOOKS)})")
+    """The attribute through which the network takes its input processor (each network names its own)."""
+    if not hasattr(module, "PROCESSOR_HOOK"):
+        raise TypeError(f"{type(module).__name__} has no input-processor hook (PROCESSOR_HOOK)")
+    return module.PROCESSOR_HOOK
 
 
 def _abstract_init(module, bank: bool):
     tokens = jnp.ones((1, 1), jnp.int32)
-    args = (tokens, tokens) if hasattr(module, "encoder_input_processor_factory") else (tokens,)
+    args = (tokens, tokens) if _hook(module) == "encoder_input_processor_factory" else (tokens,)
     index = jnp.zeros((1,), jnp.int32) if bank else None
     return nn.unbox(jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, prompt_index=index))["params"])
 

@@ -1,8 +1,7 @@
 """Read a prompt from wherever one is kept: arrays, .npy, PEFT adapters, checkpoints (ours, t5x).
 
 Only the prompt leaf is restored from orbax checkpoints, so pulling a prompt out of a
-checkpoint of a large frozen model costs next to nothing.  The TRAINER's extract_prompt
-script reuses `read_prompt_checkpoint`.
+checkpoint of a large frozen model costs next to nothing.
 """
 import os
 from typing import Optional, Tuple
@@ -10,6 +9,7 @@ from typing import Optional, Tuple
 import jax
 import numpy as np
 
+from prompt_tuning.checkpoints import open_checkpoint, runs
 from prompt_tuning.prompts.peft import is_peft_adapter, load_peft_prompt
 
 # Optimizer-state subtrees that also hold leaves named like parameters.
@@ -37,17 +37,13 @@ def _pick(paths, variable, where):
 
 
 def _orbax_item_dirs(path: str):
-    """Orbax PyTree items (directories holding _METADATA) under `path`, best first.
-
-    A training run's directory holds several steps: prefer its `best/` ones, then the newest step
-    (as the trainer's restore does).
-    """
+    """Orbax PyTree items (directories holding _METADATA) under a t5x checkpoint `path`, newest step first."""
     items = [root for root, _, files in os.walk(path) if "_METADATA" in files]
 
     def rank(item):
         parts = os.path.relpath(item, path).split(os.sep)
         steps = [int(p.rsplit("_", 1)[-1]) for p in parts if p.rsplit("_", 1)[-1].isdigit()]
-        return ("best" in parts, steps[-1] if steps else -1)
+        return steps[-1] if steps else -1
     return sorted(items, key=rank, reverse=True)
 
 
@@ -80,26 +76,29 @@ def read_prompt_checkpoint(path, variable: Optional[str] = None) -> np.ndarray:
     """The prompt array stored in checkpoint `path`.
 
     `variable`: a '/'-separated path suffix (e.g. 'encoder/prompt/prompt'); by default the one
-    leaf named 'prompt' outside optimizer state.  Orbax directories (ours, t5x's) are searched
-    for their PyTree item; legacy t5x checkpoints go through prompt_tuning.checkpoints.
+    leaf named 'prompt' outside optimizer state.  Our runs' directories mean the checkpoint
+    `checkpoints.runs.resolve` picks; t5x Orbax directories are searched for their PyTree item; of a legacy t5x checkpoint only the prompt's array is read.
     """
     path = os.fspath(path)
     if path.endswith(".npy"):
         return np.load(path, allow_pickle=False)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such prompt checkpoint")
-    items = _orbax_item_dirs(path) if os.path.isdir(path) else []
+    ours = runs.resolve(path) if os.path.isdir(path) else None
+    if ours is not None:
+        items = [os.path.join(ours, runs.STATE_ITEM)]
+    else:
+        items = _orbax_item_dirs(path) if os.path.isdir(path) else []
     errors = []
     for item_dir in items:
         try:
             return _read_orbax(item_dir, variable)
         except ValueError as e:  # no (unique) prompt in this item; try the next one
             errors.append(str(e))
-    if not items:  # legacy t5x (msgpack + tensorstore)
-        from prompt_tuning.checkpoints import read_t5x_params
-        from flax import traverse_util
-        flat = traverse_util.flatten_dict(read_t5x_params(path))
-        return np.asarray(flat[_pick(flat, variable, path)])
+    if not items:  # legacy t5x (msgpack + tensorstore): read that one array, nothing else
+        source = open_checkpoint(path)
+        key = _pick({tuple(k.split("/")): k for k in source.shapes}, variable, path)
+        return np.asarray(source.read("/".join(key)))
     raise ValueError("; ".join(errors))
 
 

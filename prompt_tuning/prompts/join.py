@@ -18,14 +18,13 @@ def _lengths(tokens):
 def insertion_points(tokens, placement: str = "prefix", eos_id: int = 1):
     """Per-example insertion index [B] for `placement`.
 
-    prefix: 0.  prefix_after_bos: 1 (after the first token, for inputs that start with BOS).
-    suffix: after the last real token, or just before it when that token is EOS.
+    prefix: before the first real token (0 for right-padded inputs; a left-padded row, as decoder-only
+    decoding aligns them, keeps its prompt next to its tokens).  prefix_after_bos: one token later (for
+    inputs that start with BOS).  suffix: after the last real token, or just before it when that is EOS.
     """
-    batch = tokens.shape[0]
-    if placement == "prefix":
-        return jnp.zeros((batch,), jnp.int32)
-    if placement == "prefix_after_bos":
-        return jnp.ones((batch,), jnp.int32)
+    if placement in ("prefix", "prefix_after_bos"):
+        first = jnp.argmax(tokens > 0, axis=1).astype(jnp.int32)
+        return first if placement == "prefix" else first + 1
     if placement == "suffix":
         n = _lengths(tokens)
         last = jnp.take_along_axis(tokens, jnp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]

@@ -1,7 +1,7 @@
-"""The encoder-input processor that puts a soft prompt (or a bank of them) into the model.
+"""The input processor that puts a soft prompt (or a bank of them) into the model.
 
-The Transformer calls it on the embedded encoder input (see PLAN.md, "encoder input
-processor"); gin binds `Transformer.encoder_input_processor_factory = @prompts.processor_factory()`.
+The networks call it on their embedded input (`t5.network`'s docstring gives the interface); gin binds
+`Transformer.encoder_input_processor_factory = @prompts.processor_factory()` (models/add_prompt.gin).
 """
 import functools
 from typing import Optional

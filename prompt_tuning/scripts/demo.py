@@ -30,14 +30,14 @@ def _train(model_dir: str, checkpoint: Optional[str], extra: List[str]) -> dict:
     from prompt_tuning.train.__main__ import main as train_main
     gin.clear_config()
     try:
-        history = train_main([f"--gin_file={RUN_GIN}", f"--gin.MODEL_DIR='{model_dir}'",
-                              f"--gin.INITIAL_CHECKPOINT_PATH={checkpoint and repr(checkpoint)}"] + extra)
+        result = train_main([f"--gin_file={RUN_GIN}", f"--gin.MODEL_DIR='{model_dir}'",
+                             f"--gin.INITIAL_CHECKPOINT_PATH={checkpoint and repr(checkpoint)}"] + extra)
     finally:
         gin.clear_config()  # the next run (or the caller) starts from a clean config
-    evals = [e for e in history["eval"] if METRIC in e and e["step"] > 0]
+    evals = [e for e in result.evals if METRIC in e and e["step"] > 0]
     best = max(evals, key=lambda e: e[METRIC]) if evals else {}
-    return {"before": history.get("initial_eval", {}).get(METRIC), "after": evals[-1][METRIC] if evals else None,
-            "best": best.get(METRIC), "best_step": best.get("step"), "steps": history["step"]}
+    return {"before": (result.initial_eval or {}).get(METRIC), "after": evals[-1][METRIC] if evals else None,
+            "best": best.get(METRIC), "best_step": best.get("step"), "steps": result.step}
 
 
 def _row(label: str, value: Optional[float]) -> str:

@@ -14,20 +14,18 @@ from flax import traverse_util
 
 
 def extract(path: str, step=None, variable: str = ".*prompt.*") -> np.ndarray:
-    import os
+    """The prompt of one of our runs (the checkpoint `checkpoints.runs.resolve` picks) or of a t5x checkpoint."""
+    from prompt_tuning.checkpoints import runs
+    if runs.resolve(path, step) is None:
+        from prompt_tuning.prompts import read_prompt_checkpoint
+        return np.asarray(read_prompt_checkpoint(path))
     from prompt_tuning.train.checkpointing import read_trainable
-    ours = next((os.path.join(path, d) for d in ("best", "checkpoints")
-                 if os.path.isdir(os.path.join(path, d)) and os.listdir(os.path.join(path, d))), None)
-    if ours or os.path.isdir(os.path.join(path, "state")) or os.path.basename(path.rstrip("/")) in (
-            "best", "checkpoints"):
-        flat = traverse_util.flatten_dict(read_trainable(ours or path, step), sep="/")
-        matches = [k for k in flat if re.fullmatch(variable, k)]
-        if len(matches) != 1:
-            raise SystemExit(f"{path}: {len(matches)} trainable arrays match {variable!r} "
-                             f"(have {sorted(flat)}); pass --variable")
-        return np.asarray(flat[matches[0]])
-    from prompt_tuning.prompts import read_prompt_checkpoint
-    return np.asarray(read_prompt_checkpoint(path))
+    flat = traverse_util.flatten_dict(read_trainable(path, step), sep="/")
+    matches = [k for k in flat if re.fullmatch(variable, k)]
+    if len(matches) != 1:
+        raise SystemExit(f"{path}: {len(matches)} trainable arrays match {variable!r} "
+                         f"(have {sorted(flat)}); pass --variable")
+    return np.asarray(flat[matches[0]])
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from prompt_tuning import partitioning
+from prompt_tuning import models, partitioning
 from prompt_tuning.t5.config import T5Config
 from prompt_tuning.t5.network import Transformer
 from prompt_tuning.tasks import synthetic
@@ -29,9 +29,10 @@ FEATURE_LENGTHS = {"inputs": 32, "targets": 16}
 
 def pretrain(steps: int, batch_size: int, learning_rate: float, seed: int, log_every: int = 100):
     """Trains every parameter of TINY_CONFIG; returns the parameter tree (numpy) and the last metrics."""
-    model = Transformer(TINY_CONFIG, encoder_input_processor_factory=None)  # no prompt, whatever gin binds
+    # No prompt, whatever gin binds.
+    model = models.EncoderDecoderModel(Transformer(TINY_CONFIG, encoder_input_processor_factory=None))
     mesh = partitioning.make_mesh(1)
-    params, shardings = params_lib.init_params(model, params_lib.dummy_inputs(FEATURE_LENGTHS), mesh,
+    params, shardings = params_lib.init_params(model, model.dummy_batch(FEATURE_LENGTHS), mesh,
                                                jax.random.PRNGKey(seed))
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(500, steps // 10), steps,
                                                   learning_rate / 10)
@@ -39,7 +40,7 @@ def pretrain(steps: int, batch_size: int, learning_rate: float, seed: int, log_e
                                   trainable_regex=".*", z_loss=0.0, seed=seed)
     state = trainer.init_state()
     cfg = data.DatasetConfig(synthetic.PRETRAIN_TASK, FEATURE_LENGTHS, "train", batch_size, True, seed)
-    batches = data.numpy_batches(data.get_dataset(cfg))
+    batches = data.numpy_batches(data.get_dataset(cfg, model.feature_converter()))
     start, scalars = time.time(), {}
     for step in range(1, steps + 1):
         state, metrics = trainer.train_step(state, data.to_global(next(batches), mesh))

@@ -17,6 +17,7 @@ import gin
 import jax.numpy as jnp
 from jax import lax
 
+from prompt_tuning.prompts import join
 from prompt_tuning.t5 import layers
 from prompt_tuning.t5.config import T5Config
 
@@ -70,10 +71,10 @@ class Decoder(nn.Module):
     input_processor_factory: Optional[Callable[[], nn.Module]] = None
 
     @nn.compact
-    def __call__(self, tokens, target_tokens=None, causal_attention=None, deterministic=True, decode=False,
-                 prefill=False, prompt_index=None):
+    def __call__(self, tokens, target_tokens=None, causal_attention=None, valid=None, deterministic=True,
+                 decode=False, prefill=False, prompt_index=None):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        batch = tokens.shape[0]
+        batch, num_tokens = tokens.shape
         token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, dtype=dtype, name="token_embedder")
         prompt = None if self.input_processor_factory is None else self.input_processor_factory(name="prompt")
         if prompt is not None and prompt.placement != "prefix":
@@ -81,31 +82,38 @@ class Decoder(nn.Module):
                              f"got placement {prompt.placement!r}")
         dropout = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))
         x = token_embedder(tokens)
-        valid = jnp.ones(tokens.shape, bool) if target_tokens is None or decode else target_tokens > 0
+        if valid is None:
+            valid = jnp.ones(tokens.shape, bool) if target_tokens is None or decode else target_tokens > 0
         flags = jnp.zeros(tokens.shape, bool) if causal_attention is None else causal_attention > 0
         stepping = decode and self.has_variable("cache", "cache_index")
+        at = jnp.zeros((batch,), jnp.int32)  # where the prompt sits: before each row's first real token
         num_prompt = 0
         if prompt is not None and (prefill or not stepping):  # the prompt enters once: first in the cache
+            at = join.insertion_points(valid.astype(jnp.int32), "prefix")
             x, valid = prompt(x, valid.astype(jnp.int32), token_embedder.embedding, prompt_index=prompt_index)
             num_prompt = prompt.length
             # The prompt belongs to the prefix-LM input (bidirectional) whenever there is one.
-            flags = jnp.concatenate([jnp.full((batch, num_prompt), causal_attention is not None), flags], axis=1)
+            prompt_flags = jnp.full((batch, num_prompt, 1), causal_attention is not None)
+            flags = join.insert(prompt_flags, flags[:, :, None], at)[:, :, 0]
         x = dropout(x, deterministic=deterministic).astype(dtype)
         length = x.shape[1]
 
         index = None
         if decode:
             counter = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            # Which cached positions are real: rows of a decoding batch may start with padding.
+            cached_valid = self.variable("cache", "cached_valid", jnp.zeros, (batch, length), bool)
             if stepping:
                 index = jnp.array(0, jnp.int32) if prefill else counter.value
                 counter.value = index + length
+                cached_valid.value = lax.dynamic_update_slice(cached_valid.value, valid, (0, index))
         if index is None:  # teacher forcing (or cache creation): positions 0..length-1
             q_pos, k_len = jnp.arange(length), length
             k_valid, k_flags = valid, flags
         else:
-            k_len = self.variables["cache"]["layers_0"]["self_attention"]["cached_key"].shape[1]
+            k_valid = cached_valid.value
+            k_len = k_valid.shape[1]
             q_pos = index + jnp.arange(length)
-            k_valid = jnp.arange(k_len)[None, :] < index + length
             k_flags = lax.dynamic_update_slice(jnp.zeros((batch, k_len), bool), flags, (0, index))
         k_pos = jnp.arange(k_len)
         mask = (k_pos[None, :] <= q_pos[:, None])[None] | (flags[:, :, None] & k_flags[:, None, :])
@@ -124,7 +132,11 @@ class Decoder(nn.Module):
         else:
             logits = layers.Dense(features=cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
                                   name="logits_dense")(x)
-        return logits[:, num_prompt:]  # prompt positions never reach a loss
+        if not num_prompt:
+            return logits
+        # Only the tokens' positions leave the model: prompt positions never reach a loss.
+        k = jnp.arange(num_tokens)[None, :]
+        return jnp.take_along_axis(logits, jnp.where(k < at[:, None], k, k + num_prompt)[:, :, None], axis=1)
 
 
 @gin.configurable
@@ -133,18 +145,21 @@ class DecoderOnly(nn.Module):
 
     config: T5Config
     input_processor_factory: Optional[Callable[[], nn.Module]] = None
+    PROCESSOR_HOOK = "input_processor_factory"  # the attribute a soft prompt is injected through
 
     def setup(self):
         self.decoder = Decoder(self.config, self.input_processor_factory)
 
     def __call__(self, decoder_input_tokens, decoder_target_tokens=None, decoder_causal_attention=None,
-                 enable_dropout=False, decode=False, prefill=False, prompt_index=None):
+                 valid=None, enable_dropout=False, decode=False, prefill=False, prompt_index=None):
         """Logits [B, T, vocab] for the given tokens (prompt positions removed).
 
         decoder_causal_attention [B, T]: 1 on the prefix-LM input (bidirectional), None = causal LM.
+        valid [B, T]: the real positions (default: decoder_target_tokens > 0, or all when decoding); a prefill
+        may start rows with padding, and each row's prompt then sits before its first real token.
         decode=True: the first call creates the cache (its length = prompt + tokens given); prefill=True
         writes prompt + tokens from position 0; plain decode calls append their tokens.
         """
-        return self.decoder(decoder_input_tokens, decoder_target_tokens, decoder_causal_attention,
+        return self.decoder(decoder_input_tokens, decoder_target_tokens, decoder_causal_attention, valid,
                             deterministic=not enable_dropout, decode=decode, prefill=prefill,
                             prompt_index=prompt_index)

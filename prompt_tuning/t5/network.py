@@ -187,6 +187,7 @@ class Transformer(nn.Module):
     config: T5Config
     # Factory of the module transforming the embedded encoder input (gin injects the soft prompt); None: identity.
     encoder_input_processor_factory: Optional[Callable[[], nn.Module]] = None
+    PROCESSOR_HOOK = "encoder_input_processor_factory"  # the attribute a soft prompt is injected through
 
     def setup(self):
         cfg = self.config

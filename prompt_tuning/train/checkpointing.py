@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from prompt_tuning.checkpoints import runs
 from prompt_tuning.train.trainer import TrainState
 
 
@@ -52,12 +53,12 @@ class Checkpointer:
                  save_npy: bool = True):
         self.model_dir, self.period, self.metric, self.save_npy = model_dir, period, metric, save_npy
         self.latest = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(model_dir, "checkpoints")), item_names=("state", "meta"),
+            os.path.abspath(os.path.join(model_dir, runs.LATEST_DIR)), item_names=(runs.STATE_ITEM, "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
         self.best = None
         if metric:
             self.best = ocp.CheckpointManager(
-                os.path.abspath(os.path.join(model_dir, "best")), item_names=("state", "meta"),
+                os.path.abspath(os.path.join(model_dir, runs.BEST_DIR)), item_names=(runs.STATE_ITEM, "meta"),
                 options=ocp.CheckpointManagerOptions(max_to_keep=keep_best, best_fn=lambda m: m[metric],
                                                      best_mode=metric_mode, create=True))
 
@@ -117,15 +118,14 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainStat
 
 
 def read_trainable(path: str, step: Optional[int] = None):
-    """The trainable params of one of our checkpoints as numpy (no model needed): for extract_prompt."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):           # a step directory
-        item = os.path.join(path, "state")
-    else:                                                     # a manager directory (checkpoints/ or best/)
-        steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-        if not steps:
-            raise FileNotFoundError(f"{path}: no checkpoint step directories")
-        item = os.path.join(path, str(step if step is not None else steps[-1]), "state")
+    """The trainable params of one of our checkpoints as numpy (no model needed).
+
+    `path`: a run's MODEL_DIR, its checkpoints/ or best/ directory, or one step directory (see `runs.resolve`).
+    """
+    step_dir = runs.resolve(path, step)
+    if step_dir is None:
+        raise FileNotFoundError(f"{path}: not a training run's checkpoint (no {runs.LATEST_DIR}/<step>/"
+                                f"{runs.STATE_ITEM}, {runs.BEST_DIR}/<step>/{runs.STATE_ITEM} or {runs.STATE_ITEM}/)")
     with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(item)
+        tree = ckptr.restore(os.path.join(step_dir, runs.STATE_ITEM))
     return jax.tree_util.tree_map(np.asarray, tree["trainable"])

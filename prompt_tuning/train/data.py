@@ -33,10 +33,6 @@ class DatasetConfig:
     use_cached: bool = False
 
 
-def feature_converter() -> seqio.FeatureConverter:
-    return seqio.EncDecFeatureConverter(pack=False)
-
-
 def local_batch_size(global_batch_size: int, num_processes: Optional[int] = None) -> int:
     num_processes = num_processes or jax.process_count()
     if global_batch_size % num_processes:
@@ -44,9 +40,10 @@ def local_batch_size(global_batch_size: int, num_processes: Optional[int] = None
     return global_batch_size // num_processes
 
 
-def get_dataset(cfg: DatasetConfig, *, start_step: int = 0, num_epochs: Optional[int] = None,
-                shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
-    """This process's batches from `start_step` on (repeated forever when num_epochs is None)."""
+def get_dataset(cfg: DatasetConfig, feature_converter: seqio.FeatureConverter, *, start_step: int = 0,
+                num_epochs: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
+    """This process's batches of the model's features (`model.feature_converter()`) from `start_step` on
+    (repeated forever when num_epochs is None)."""
     if shard_info is None:
         shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
     try:
@@ -57,7 +54,7 @@ def get_dataset(cfg: DatasetConfig, *, start_step: int = 0, num_epochs: Optional
     ds = seqio.get_dataset(
         cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
         dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs, seed=cfg.seed,
-        use_cached=cfg.use_cached, shard_info=shard_info, feature_converter=feature_converter())
+        use_cached=cfg.use_cached, shard_info=shard_info, feature_converter=feature_converter)
     batch = local_batch_size(cfg.batch_size, shard_info.num_shards)
     ds = ds.batch(batch, drop_remainder=True)
     if start_step:

@@ -14,7 +14,7 @@ import numpy as np
 import seqio
 from jax.experimental import multihost_utils
 
-from prompt_tuning import inference
+from prompt_tuning.models import BaseModel
 from prompt_tuning.train import data
 from prompt_tuning.train.trainer import Trainer, TrainState
 
@@ -41,14 +41,13 @@ def iterate_global(ds, batch_size: int, mesh):
         yield index, n, data.to_global(local, mesh)
 
 
-def predict_dataset(module, params, ds, batch_size: int, mesh, max_decode_len: int, eos_id: int = 1,
+def predict_dataset(model: BaseModel, params, ds, batch_size: int, mesh, max_decode_len: int, eos_id: int = 1,
                     decoding: Optional[dict] = None) -> List[Tuple[int, List[int]]]:
     """(example index, decoded token ids) for every example of an enumerated, feature-converted dataset."""
     decoding = decoding or decoding_options()
     out = []
     for index, n, batch in iterate_global(ds, batch_size, mesh):
-        tokens, _ = inference.predict_batch(module, params, batch, max_decode_len=max_decode_len, eos_id=eos_id,
-                                            **decoding)
+        tokens, _ = model.predict_batch(params, batch, max_decode_len=max_decode_len, eos_id=eos_id, **decoding)
         out.extend((int(i), t.tolist()) for i, t in zip(index, _gather(tokens)[:n]))
     return out
 
@@ -63,14 +62,14 @@ class Evaluator:
         self.trainer, self.batch_size, self.output_dir, self.eos_id = trainer, batch_size, output_dir, eos_id
         self.decoding = decoding or decoding_options()
         self.seqio = seqio.Evaluator(
-            mixture_or_task_name, feature_converter=data.feature_converter(), eval_split=split,
+            mixture_or_task_name, feature_converter=trainer.model.feature_converter(), eval_split=split,
             sequence_length=dict(task_feature_lengths), num_examples=num_examples, use_cached=False,
             async_compute_metrics=False)
         self._max_decode_len = task_feature_lengths["targets"]
 
     def _predict_fn(self, params):
         def predict(ds):
-            return predict_dataset(self.trainer.module, params, ds, self.batch_size, self.trainer.mesh,
+            return predict_dataset(self.trainer.model, params, ds, self.batch_size, self.trainer.mesh,
                                    self._max_decode_len, self.eos_id, self.decoding)
         return predict
 
@@ -82,6 +81,14 @@ class Evaluator:
                 out.extend((int(i), float(s)) for i, s in zip(index, scores))
             return out
         return score
+
+    def history(self) -> List[Dict[str, float]]:
+        """The evaluations earlier starts of this run wrote (<output_dir>/metrics.jsonl), oldest first."""
+        path = os.path.join(self.output_dir or "", "metrics.jsonl")
+        if not self.output_dir or not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
 
     def evaluate(self, state: TrainState, step: int) -> Dict[str, float]:
         """{'<task>/<metric>': value}; also appended to <output_dir>/metrics.jsonl on process 0."""

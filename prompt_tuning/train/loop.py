@@ -4,40 +4,64 @@ TRAIN_STEPS counts prompt-tuning updates from 0 (the frozen model's own pretrain
 included, unlike t5x).  A run whose MODEL_DIR holds checkpoints resumes from the newest one: same step,
 same data position, same dropout rng, so interrupted and uninterrupted runs end with the same prompt.
 """
+import dataclasses
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Dict, List, Optional
 
-import flax.linen as nn
 import gin
 import jax
 
-from prompt_tuning import partitioning
-from prompt_tuning.train import data, losses, optimizers, params as params_lib, trainer as trainer_lib
+from prompt_tuning import losses, partitioning
+from prompt_tuning.models import BaseModel
+from prompt_tuning.train import data, optimizers, setup, trainer as trainer_lib
 from prompt_tuning.train.checkpointing import Checkpointer
 from prompt_tuning.train.evaluation import Evaluator
 from prompt_tuning.train.observability import Progress, Writer, plot_curves
 
 
-def load_frozen(path: str, module: nn.Module, mesh):
-    """The pretrained parameters (no prompt), read straight into their shardings."""
-    from prompt_tuning.checkpoints import load_pretrained
-    _, loaded = load_pretrained(path, config=module.config, mesh=mesh)
-    return loaded
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did (its prompt is in MODEL_DIR: checkpoints/, best/, numpy_checkpoints/)."""
+
+    model_dir: str
+    step: int                                     # the last step trained (TRAIN_STEPS unless stopped early)
+    start_step: int                               # 0, or the step the run resumed from
+    best_step: Optional[int] = None               # by BEST_METRIC, when set
+    initial_eval: Optional[Dict[str, float]] = None
+    evals: List[Dict[str, float]] = dataclasses.field(default_factory=list)   # {'step': s, metric: value}
+    last_train: Dict[str, float] = dataclasses.field(default_factory=dict)    # the last logged train scalars
+    stop_reason: Optional[str] = None             # why it ended before TRAIN_STEPS (early stopping)
+    plot: Optional[str] = None                    # training_curves.png, written once TRAIN_STEPS are done
 
 
-def build_trainer(model: nn.Module, task_feature_lengths, mesh, *, initial_checkpoint_path=None, seed=0,
-                  **trainer_kwargs) -> trainer_lib.Trainer:
-    """Frozen model + fresh prompt placed on `mesh`, and the Trainer around them."""
-    inputs = params_lib.dummy_inputs(task_feature_lengths)
-    loaded = load_frozen(initial_checkpoint_path, model, mesh) if initial_checkpoint_path else None
-    params, shardings = params_lib.init_params(model, inputs, mesh, jax.random.PRNGKey(seed), loaded)
-    tx, schedule = optimizers.make_optimizer()
-    return trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, seed=seed, **trainer_kwargs)
+class _EarlyStopping:
+    """Stops once `metric` has not improved for `patience` evaluations (the paper's dev-set protocol).
+
+    The count is rebuilt from MODEL_DIR/eval/metrics.jsonl on resume, so a resumed run keeps its patience.
+    """
+
+    def __init__(self, metric: Optional[str], patience: int, mode: str = "max"):
+        self.metric, self.patience, self.sign = metric, patience, 1.0 if mode == "max" else -1.0
+        self.best, self.since_best = None, 0
+
+    def update(self, step: int, metrics: Dict[str, float]) -> Optional[str]:
+        """Records one evaluation; returns the reason to stop, or None."""
+        if not self.patience or self.metric not in metrics:
+            return None
+        value = self.sign * metrics[self.metric]
+        if self.best is None or value > self.best:
+            self.best, self.since_best = value, 0
+            return None
+        self.since_best += 1
+        if self.since_best >= self.patience:
+            return (f"early stopping at step {step}: {self.metric} has not improved for {self.patience} "
+                    f"evaluations (best {self.sign * self.best:.4f})")
+        return None
 
 
 @gin.configurable
-def train(*, model_dir: str = gin.REQUIRED, model: nn.Module = gin.REQUIRED,
+def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           train_dataset_cfg: data.DatasetConfig = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None, eval_period: int = 0, eval_split: str = "validation",
           eval_num_examples: Optional[int] = None, eval_batch_size: Optional[int] = None,
@@ -45,97 +69,114 @@ def train(*, model_dir: str = gin.REQUIRED, model: nn.Module = gin.REQUIRED,
           trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX, num_microbatches: int = 1,
           z_loss: float = 1e-4, loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
           frozen_dtype: Optional[str] = None, seed: int = 0, log_every: int = 10,
-          stop_after: Optional[int] = None) -> Dict[str, Any]:
-    """Prompt-tunes `model` on the train split; evaluates every `eval_period` steps; returns a summary.
+          early_stopping_metric: Optional[str] = None, early_stopping_patience: int = 0) -> TrainResult:
+    """Prompt-tunes `model` on the train split; evaluates every `eval_period` steps.
 
-    stop_after: stop once this step is reached (simulates a preemption in tests); the next run resumes.
+    early_stopping_patience > 0: stop when `early_stopping_metric` (default: the checkpointer's BEST_METRIC)
+    has not improved for that many evaluations.
     """
     mesh = partitioning.make_mesh(model_parallel_size)
     lengths = dict(train_dataset_cfg.task_feature_lengths)
-    trainer = build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed,
-                            trainable_regex=trainable_regex, num_microbatches=num_microbatches, z_loss=z_loss,
-                            loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype)
+    trainer = setup.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed,
+                                  trainable_regex=trainable_regex, num_microbatches=num_microbatches, z_loss=z_loss,
+                                  loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype)
     checkpointer = Checkpointer(model_dir)
+    state, start = _restore_or_init(trainer, checkpointer, model_dir)
+    run = _Run(trainer, checkpointer, model_dir, train_dataset_cfg, lengths, start,
+               meta={"seed": seed, "batch_size": train_dataset_cfg.batch_size,
+                     "task": train_dataset_cfg.mixture_or_task_name},
+               evaluator=_evaluator(trainer, train_dataset_cfg, lengths, model_dir, eval_period or eval_at_start,
+                                    eval_split, eval_num_examples, eval_batch_size),
+               stopping=_EarlyStopping(early_stopping_metric or checkpointer.metric, early_stopping_patience))
+    try:
+        if run.evaluator is not None and eval_at_start and start == 0:
+            run.result.initial_eval = run.evaluate(state, 0)
+        state = run.loop(state, train_steps, eval_period, log_every)
+        run.finish(state, train_steps, eval_period)
+    finally:
+        run.close()
+    return run.result
+
+
+def _restore_or_init(trainer, checkpointer, model_dir):
     abstract = trainer.abstract_state()
     state, _ = checkpointer.restore_latest(abstract, trainer.state_shardings(abstract))
     if state is None:
-        state = trainer.init_state()
+        return trainer.init_state(), 0
     start = int(jax.device_get(state.step))
-    if start:
-        logging.info("resuming from step %d of %s", start, model_dir)
-    meta = {"seed": seed, "batch_size": train_dataset_cfg.batch_size, "task": train_dataset_cfg.mixture_or_task_name}
+    logging.info("resuming from step %d of %s", start, model_dir)
+    return state, start
 
-    evaluator = None
-    if eval_period or eval_at_start:
-        evaluator = Evaluator(trainer, train_dataset_cfg.mixture_or_task_name, lengths,
-                              eval_batch_size or train_dataset_cfg.batch_size, split=eval_split,
-                              num_examples=eval_num_examples, output_dir=os.path.join(model_dir, "eval"))
-    train_writer, eval_writer = Writer(model_dir, "train"), Writer(model_dir, "eval")
-    history = {"eval": []}
 
-    def run_eval(step):
-        metrics = evaluator.evaluate(state, step)
+def _evaluator(trainer, cfg, lengths, model_dir, wanted, split, num_examples, batch_size) -> Optional[Evaluator]:
+    if not wanted:
+        return None
+    return Evaluator(trainer, cfg.mixture_or_task_name, lengths, batch_size or cfg.batch_size, split=split,
+                     num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"))
+
+
+class _Run:
+    """One start of a run: the loop's state between steps, evaluation, checkpoints and writers."""
+
+    def __init__(self, trainer, checkpointer, model_dir, cfg, lengths, start, meta, evaluator, stopping):
+        self.trainer, self.checkpointer, self.cfg, self.meta = trainer, checkpointer, cfg, meta
+        self.evaluator, self.stopping = evaluator, stopping
+        self.train_writer, self.eval_writer = Writer(model_dir, "train"), Writer(model_dir, "eval")
+        self.result = TrainResult(model_dir=model_dir, step=start, start_step=start)
+        if evaluator is not None and start:
+            for past in evaluator.history():  # a resumed run keeps its early-stopping count
+                if past["step"] <= start:
+                    self.result.stop_reason = stopping.update(past["step"], past) or self.result.stop_reason
+
+    def evaluate(self, state, step: int) -> Dict[str, float]:
+        metrics = self.evaluator.evaluate(state, step)
         if metrics:
-            eval_writer.write(step, metrics)
-            checkpointer.save_if_best(step, state, dict(meta, step=step), metrics)
-            history["eval"].append({"step": step, **metrics})
+            self.eval_writer.write(step, metrics)
+            self.checkpointer.save_if_best(step, state, dict(self.meta, step=step), metrics)
+            self.result.evals.append({"step": step, **metrics})
             if jax.process_index() == 0:
                 print(f"eval @ step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+            self.result.stop_reason = self.stopping.update(step, metrics)
         return metrics
 
-    if evaluator is not None and eval_at_start and start == 0:
-        history["initial_eval"] = run_eval(0)
-
-    end = train_steps if stop_after is None else min(train_steps, stop_after)
-    batches = data.numpy_batches(data.get_dataset(train_dataset_cfg, start_step=start))
-    progress = Progress(train_steps, start, train_dataset_cfg.batch_size)
-    metrics, step = None, start
-    for step in range(start + 1, end + 1):
-        state, metrics = trainer.train_step(state, data.to_global(next(batches), mesh))
-        if step % log_every == 0 or step == end:
-            scalars = trainer_lib.get_metrics(metrics)
-            scalars.update(progress.report(step, scalars))
-            train_writer.write(step, scalars)
-            history["last_train"] = scalars
-        checkpointer.maybe_save(step, state, dict(meta, step=step))
-        if evaluator is not None and eval_period and step % eval_period == 0:
-            run_eval(step)
-            progress.restart(step)   # eval time is not training throughput
-    if evaluator is not None and eval_period and step % eval_period and step == train_steps:
-        run_eval(step)   # the final prompt is always evaluated
-    checkpointer.maybe_save(step, state, dict(meta, step=step), force=True)
-    checkpointer.wait()
-    history.update(step=step, best_step=checkpointer.best_step(), state=state, trainer=trainer)
-    checkpointer.close()
-    train_writer.close()
-    eval_writer.close()
-    if step == train_steps:
-        history["plot"] = plot_curves(model_dir, metric=checkpointer.metric)
-    return history
-
-
-def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str], step: Optional[int] = None):
-    """A TrainState whose trainable params come from one of our checkpoints (a run's MODEL_DIR, its
-    checkpoints/ or best/ directory, or one step directory); with `path` None, the freshly initialised
-    ones (e.g. a prompt the model gin loads from PROMPT_FILE)."""
-    import numpy as np
-    from prompt_tuning.train.checkpointing import read_trainable
-    state = trainer.init_state()
-    if not path:
+    def loop(self, state, train_steps: int, eval_period: int, log_every: int):
+        mesh, start = self.trainer.mesh, self.result.start_step
+        if self.result.stop_reason:  # it had stopped early before this start
+            return state
+        batches = data.numpy_batches(data.get_dataset(self.cfg, self.trainer.model.feature_converter(),
+                                                      start_step=start))
+        progress = Progress(train_steps, start, self.cfg.batch_size)
+        for step in range(start + 1, train_steps + 1):
+            state, metrics = self.trainer.train_step(state, data.to_global(next(batches), mesh))
+            self.result.step = step
+            if step % log_every == 0 or step == train_steps:
+                scalars = trainer_lib.get_metrics(metrics)
+                scalars.update(progress.report(step, scalars))
+                self.train_writer.write(step, scalars)
+                self.result.last_train = scalars
+            self.checkpointer.maybe_save(step, state, dict(self.meta, step=step))
+            if self.evaluator is not None and eval_period and step % eval_period == 0:
+                self.evaluate(state, step)
+                progress.restart(step)   # eval time is not training throughput
+                if self.result.stop_reason:
+                    break
         return state
-    if os.path.isdir(os.path.join(path, "best")) and os.listdir(os.path.join(path, "best")):
-        path = os.path.join(path, "best")
-    elif os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    loaded = read_trainable(path, step)
 
-    def place(value, like, sharding):
-        if tuple(value.shape) != tuple(like.shape):
-            raise ValueError(f"{path}: trainable array of shape {value.shape}, the model wants {like.shape}")
-        value = np.asarray(value, like.dtype)
-        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-    try:
-        trainable = jax.tree_util.tree_map(place, loaded, state.trainable, trainer.trainable_shardings)
-    except ValueError as e:
-        raise ValueError(f"{path}: checkpoint does not match the model's trainable params ({e})") from None
-    return state.replace(trainable=trainable)
+    def finish(self, state, train_steps: int, eval_period: int) -> None:
+        step = self.result.step
+        if self.result.stop_reason:
+            logging.info(self.result.stop_reason)
+            if jax.process_index() == 0:
+                print(self.result.stop_reason, flush=True)
+        elif self.evaluator is not None and eval_period and step % eval_period and step == train_steps:
+            self.evaluate(state, step)   # the final prompt is always evaluated
+        self.checkpointer.maybe_save(step, state, dict(self.meta, step=step), force=True)
+        self.checkpointer.wait()
+        self.result.best_step = self.checkpointer.best_step()
+        if step == train_steps or self.result.stop_reason:
+            self.result.plot = plot_curves(self.result.model_dir, metric=self.checkpointer.metric)
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.train_writer.close()
+        self.eval_writer.close()

@@ -3,50 +3,49 @@ from typing import Any, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from prompt_tuning import partitioning
+from prompt_tuning.models import BaseModel
 
 PyTree = Any
 
 
-def dummy_inputs(task_feature_lengths: Mapping[str, int], batch_size: int = 1):
-    """Encoder and decoder token arrays with the run's shapes (init and sharding only look at shapes)."""
-    enc = jnp.ones((batch_size, task_feature_lengths["inputs"]), jnp.int32)
-    dec = jnp.ones((batch_size, task_feature_lengths["targets"]), jnp.int32)
-    return enc, dec, dec
+def logical_specs(model: BaseModel, batch: Mapping[str, Any]) -> PyTree:
+    """Logical PartitionSpecs of the model's parameters, found without allocating them."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
+    return nn.get_partition_spec(abstract)["params"]
 
 
-def param_shardings(module: nn.Module, inputs, mesh: Mesh, rules=partitioning.STANDARD_RULES) -> PyTree:
+def param_shardings(model: BaseModel, batch: Mapping[str, Any], mesh: Mesh,
+                    rules=partitioning.STANDARD_RULES) -> PyTree:
     """NamedShardings of every parameter from its logical axes."""
-    specs = partitioning.param_logical_specs(module, *inputs)
-    return partitioning.logical_to_sharding(specs, mesh, rules)
+    return partitioning.logical_to_sharding(logical_specs(model, batch), mesh, rules)
 
 
-def init_params(module: nn.Module, inputs, mesh: Mesh, rng: jax.Array, loaded: Optional[PyTree] = None,
-                rules=partitioning.STANDARD_RULES) -> Tuple[PyTree, PyTree]:
+def init_params(model: BaseModel, batch: Mapping[str, Any], mesh: Mesh, rng: jax.Array,
+                loaded: Optional[PyTree] = None, rules=partitioning.STANDARD_RULES) -> Tuple[PyTree, PyTree]:
     """(params, shardings): `loaded` (the frozen checkpoint) with only the missing parameters initialised.
 
-    With `loaded` None every parameter is initialised (a random model: tests and smoke runs).
-    Initialisation runs under jit with the output sharded, so no host ever holds the full model twice.
+    `batch`: any batch of the run's shapes (`model.dummy_batch(task_feature_lengths)`).  With `loaded` None
+    every parameter is initialised (a random model: tests and smoke runs).  Initialisation runs under jit
+    with the output sharded, so no host ever holds the full model twice.
     """
-    shardings = param_shardings(module, inputs, mesh, rules)
+    shardings = param_shardings(model, batch, mesh, rules)
     if loaded is None:
         def init(rng):
-            return nn.unbox(module.init(rng, *inputs)["params"])
+            return nn.unbox(model.init(rng, batch)["params"])
         return jax.jit(init, out_shardings=shardings)(rng), shardings
 
     def complete(loaded, rng):
-        _, variables = module.apply({"params": loaded}, *inputs, rngs={"params": rng}, mutable=["params"])
-        return nn.unbox(variables["params"])
+        return nn.unbox(model.init(rng, batch, params=loaded)["params"])
     loaded_shardings = _matching(shardings, loaded)
     return jax.jit(complete, in_shardings=(loaded_shardings, None), out_shardings=shardings)(loaded, rng), shardings
 
 
 def _matching(shardings, loaded):
     """Shardings restricted to the paths of `loaded`; a loaded path the model lacks is a clear error."""
-    from flax import traverse_util
     flat_sh = traverse_util.flatten_dict(shardings, sep="/")
     flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
     unknown = sorted(set(flat_loaded) - set(flat_sh))

@@ -10,15 +10,15 @@ import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_tuning import partitioning
-from prompt_tuning.train import losses, optimizers
+from prompt_tuning import losses, partitioning
+from prompt_tuning.models import BaseModel
+from prompt_tuning.train import optimizers
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -43,15 +43,15 @@ def _subtree_like(tree, like):
 
 @dataclasses.dataclass
 class Trainer:
-    """Builds the jitted train / score steps for `module` on `mesh`.
+    """Builds the jitted train / score steps of `model` on `mesh`; knows nothing of the architecture.
 
-    `params`: the full parameter tree (frozen model + prompt), already placed with
-    `param_shardings` (see `setup.init_params`).  Frozen leaves are cast to
+    `params`: the full parameter tree (frozen model + prompt), already placed with `param_shardings`
+    (see `params.init_params`); only its split halves are kept.  Frozen leaves are cast to
     `frozen_dtype` (e.g. 'bfloat16') when given.
     """
 
-    module: nn.Module
-    params: PyTree
+    model: BaseModel
+    params: dataclasses.InitVar[PyTree]
     param_shardings: PyTree
     mesh: Mesh
     optimizer: optax.GradientTransformation
@@ -63,9 +63,8 @@ class Trainer:
     frozen_dtype: Optional[str] = None
     seed: int = 0
 
-    def __post_init__(self):
-        trainable, frozen = optimizers.split_params(self.params, self.trainable_regex)
-        self.params = None  # the split halves below are the only references kept
+    def __post_init__(self, params):
+        trainable, frozen = optimizers.split_params(params, self.trainable_regex)
         self.trainable_shardings = _subtree_like(self.param_shardings, trainable)
         self.frozen_shardings = _subtree_like(self.param_shardings, frozen)
         if self.frozen_dtype:
@@ -95,16 +94,10 @@ class Trainer:
         return jax.jit(self._make_state, out_shardings=shardings)(self._initial_trainable)
 
     # ------------------------------------------------------------------ step
-    def _forward(self, params, batch, enable_dropout, rng=None):
-        rngs = {"dropout": rng} if enable_dropout else None
-        return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                                 batch["decoder_target_tokens"], enable_dropout=enable_dropout, rngs=rngs)
-
     def _microbatch_grads(self, trainable, frozen, batch, rng):
         def loss_fn(tr):
-            logits = self._forward(optimizers.merge_params(tr, frozen), batch, True, rng)
-            sums = losses.loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-                                    self.z_loss)
+            sums = self.model.loss_sums(optimizers.merge_params(tr, frozen), batch, dropout_rng=rng,
+                                        z_loss=self.z_loss)
             return sums["loss"], sums
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         return grads, sums
@@ -152,14 +145,24 @@ class Trainer:
         }
         return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
 
-    def train_step(self, state: TrainState, batch: Batch):
-        """One update; `batch` is a dict of global jax.Arrays sharded on 'data' (see `data.to_global`)."""
+    def _jitted_train_step(self, state: TrainState):
         if self._train_step is None:
             shardings = self.state_shardings(state)
             self._train_step = jax.jit(
                 self._step, in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
                 out_shardings=(shardings, NamedSharding(self.mesh, PartitionSpec())), donate_argnums=(1,))
-        return self._train_step(self.frozen, state, batch)
+        return self._train_step
+
+    def train_step(self, state: TrainState, batch: Batch):
+        """One update; `batch` is a dict of global jax.Arrays sharded on 'data' (see `data.to_global`)."""
+        return self._jitted_train_step(state)(self.frozen, state, self.model.features(batch))
+
+    def lower_train_step(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
+        """The train step's program for these shapes, lowered (`.compile()` it for memory and cost analyses).
+
+        `state` and `batch` may be abstract (`jax.ShapeDtypeStruct`s), as t5x's `compile_train`.
+        """
+        return self._jitted_train_step(state).lower(self.frozen, state, self.model.features(batch))
 
     # ------------------------------------------------------------------ eval
     def params_for_eval(self, state: TrainState) -> PyTree:
@@ -172,8 +175,7 @@ class Trainer:
         tensors small enough to stay in cache (12-15% faster on W-small with 2 or 4 slices).
         """
         def score(mb):
-            logits = self._forward(optimizers.merge_params(trainable, frozen), mb, False)
-            return losses.sequence_scores(logits, mb["decoder_target_tokens"], mb["decoder_loss_weights"])
+            return self.model.score_batch(optimizers.merge_params(trainable, frozen), mb)
         m = self.num_microbatches
         rows = batch["decoder_target_tokens"].shape[0]
         if m <= 1 or rows % (m * self.mesh.shape["data"]):
@@ -181,13 +183,27 @@ class Trainer:
         per_slice = jax.lax.map(score, self._split_microbatches(batch))  # [M, B/M]: slice i = rows i, i+M, ...
         return per_slice.swapaxes(0, 1).reshape(rows)
 
-    def score_batch(self, state: TrainState, batch: Batch) -> jax.Array:
-        """Summed log-likelihood of each example's targets (rank classification)."""
+    def _jitted_score(self):
         if self._score is None:
             self._score = jax.jit(
                 self._score_rows, in_shardings=(self.frozen_shardings, self.trainable_shardings, self.batch_sharding),
                 out_shardings=NamedSharding(self.mesh, PartitionSpec()))
-        return self._score(self.frozen, state.trainable, batch)
+        return self._score
+
+    def score_batch(self, state: TrainState, batch: Batch) -> jax.Array:
+        """Summed log-likelihood of each example's targets (rank classification), [B]."""
+        return self._jitted_score()(self.frozen, state.trainable, self.model.features(batch))
+
+    def lower_score_batch(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
+        """The scoring program for these shapes, lowered (see `lower_train_step`)."""
+        return self._jitted_score().lower(self.frozen, state.trainable, self.model.features(batch))
+
+    def predict_batch(self, state: TrainState, batch: Batch, **decoding_options):
+        """The model's cached decoding with this state's prompt (see `BaseModel.predict_batch`)."""
+        return self.model.predict_batch(self.params_for_eval(state), batch, **decoding_options)
+
+    def lower_predict_batch(self, state: TrainState, batch: Batch, **decoding_options) -> jax.stages.Lowered:
+        return self.model.lower_predict_batch(self.params_for_eval(state), batch, **decoding_options)
 
 
 def get_metrics(metrics: Dict[str, jax.Array]) -> Dict[str, float]:

@@ -48,7 +48,7 @@ def normalizer(sums: Mapping[str, jax.Array], loss_normalizing_factor: Normalize
     return jnp.float32(loss_normalizing_factor)
 
 
-def sequence_scores(logits, targets, weights) -> jax.Array:
-    """Summed target log-likelihood per example (t5x `score_batch`), for rank classification."""
+def token_log_probs(logits, targets, weights) -> jax.Array:
+    """weights * log p(target) per token [B, T] (t5x's cross entropy without z-loss, negated)."""
     loss, _, _ = token_losses(logits, targets, 0.0)
-    return -jnp.sum(loss * weights.astype(jnp.float32), axis=-1)
+    return -loss * weights.astype(jnp.float32)

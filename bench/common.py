@@ -1,0 +1,64 @@
+"""The W-small workload and the project's side of it, shared by every bench script.
+
+W-small: T5 1.1 small dimensions (vocab 32128, d_model 512, 6 heads of 64, d_ff 1024, 8+8 layers, gated-gelu,
+untied head), batch 8, 412 input tokens + 100 prompt tokens, 8 target tokens, float32 on CPU, random weights.
+Our side goes through public APIs only: the model, `Trainer.train_step` / `score_batch` / `predict_batch` and
+their `lower_*` twins for compile-time analyses.
+"""
+import dataclasses
+from typing import Any
+
+BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 412, 100, 8
+VOCAB = 32128
+
+
+def make_batch(seed: int = 0):
+    """Full-length random inputs (no padding) ending in EOS; targets of 8 real tokens ending in EOS."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(3, VOCAB, (BATCH, INPUT_LEN), dtype=np.int32)
+    inputs[:, -1] = 1
+    targets = rng.integers(3, VOCAB, (BATCH, TARGET_LEN), dtype=np.int32)
+    targets[:, -1] = 1
+    decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
+            "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
+
+
+@dataclasses.dataclass
+class Ours:
+    trainer: Any   # prompt_tuning.train.trainer.Trainer
+    state: Any     # its TrainState
+    batch: dict    # the W-small batch as global arrays on the trainer's mesh
+
+
+def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = False, remat: str = "none") -> Ours:
+    """The real Trainer on W-small (bf16: bfloat16 activations and, unless f32_frozen, frozen weights)."""
+    import functools
+
+    import jax
+
+    from prompt_tuning import models, partitioning
+    from prompt_tuning.prompts import PromptProcessor, initializers
+    from prompt_tuning.t5 import config as t5config
+    from prompt_tuning.t5 import network
+    from prompt_tuning.train import optimizers, params as tparams, trainer as ttrainer
+
+    overrides = {"dtype": "bfloat16"} if bf16 else {}
+    if remat != "none":
+        overrides["remat_policy"] = remat
+    cfg = t5config.get_config("t5_1_1", "small", **overrides)
+    processor = functools.partial(PromptProcessor, length=PROMPT_LEN, initializer=initializers.uniform())
+    model = models.EncoderDecoderModel(network.Transformer(config=cfg, encoder_input_processor_factory=processor))
+    mesh = partitioning.make_mesh()
+    batch = model.dummy_batch({"inputs": INPUT_LEN, "targets": TARGET_LEN}, batch_size=BATCH)
+    params, shardings = tparams.init_params(model, batch, mesh, jax.random.PRNGKey(0))
+    trainer = ttrainer.Trainer(model=model, params=params, param_shardings=shardings, mesh=mesh,
+                               optimizer=optimizers.adafactor(learning_rate=0.3), learning_rate_fn=lambda step: 0.3,
+                               num_microbatches=microbatches, frozen_dtype="bfloat16" if bf16 and not f32_frozen
+                               else None, z_loss=1e-4)
+    del params
+    # jax.device_put with the trainer's batch sharding = data.to_global on one process, without importing
+    # tensorflow/seqio (which would add ~0.5 GB of RSS that PEFT does not pay).
+    batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in make_batch().items()}
+    return Ours(trainer, trainer.init_state(), batch)

@@ -1,0 +1,72 @@
+"""Building what a run needs: the frozen model read onto the mesh, a fresh or restored prompt, the Trainer.
+
+`build_trainer` serves training; `load_for_eval` serves the eval and infer CLIs (and any script that
+evaluates a trained prompt).
+"""
+from typing import Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from prompt_tuning import checkpoints, partitioning
+from prompt_tuning.models import BaseModel
+from prompt_tuning.train import optimizers, params as params_lib, trainer as trainer_lib
+from prompt_tuning.train.checkpointing import read_trainable
+
+
+def load_frozen(path: str, model: BaseModel, task_feature_lengths: Mapping[str, int], mesh) -> dict:
+    """The pretrained parameters (the model without its prompt), read straight into their shardings."""
+    bare = model.bare()
+    batch = bare.dummy_batch(task_feature_lengths)
+    abstract = jax.eval_shape(lambda: bare.init(jax.random.PRNGKey(0), batch))["params"]
+    shapes = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(nn.unbox(abstract)).items()}
+    shardings = params_lib.param_shardings(bare, batch, mesh)
+    return checkpoints.read_arrays(path, shapes, shardings)
+
+
+def build_trainer(model: BaseModel, task_feature_lengths: Mapping[str, int], mesh, *,
+                  initial_checkpoint_path: Optional[str] = None, seed: int = 0,
+                  **trainer_kwargs) -> trainer_lib.Trainer:
+    """Frozen model + fresh prompt placed on `mesh`, and the Trainer around them.
+
+    initial_checkpoint_path None: a randomly initialised frozen model (tests and smoke runs).
+    """
+    batch = model.dummy_batch(task_feature_lengths)
+    loaded = load_frozen(initial_checkpoint_path, model, task_feature_lengths, mesh) if initial_checkpoint_path \
+        else None
+    params, shardings = params_lib.init_params(model, batch, mesh, jax.random.PRNGKey(seed), loaded)
+    tx, schedule = optimizers.make_optimizer()
+    return trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, seed=seed, **trainer_kwargs)
+
+
+def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str],
+                      step: Optional[int] = None) -> trainer_lib.TrainState:
+    """A TrainState whose trainable params come from one of our checkpoints (see `checkpoints.runs.resolve`);
+    with `path` None, the freshly initialised ones (e.g. a prompt the model gin loads from PROMPT_FILE)."""
+    state = trainer.init_state()
+    if not path:
+        return state
+    loaded = read_trainable(path, step)
+
+    def place(value, like, sharding):
+        if tuple(value.shape) != tuple(like.shape):
+            raise ValueError(f"trainable array of shape {value.shape}, the model wants {like.shape}")
+        value = np.asarray(value, like.dtype)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    try:
+        trainable = jax.tree_util.tree_map(place, loaded, state.trainable, trainer.trainable_shardings)
+    except ValueError as e:
+        raise ValueError(f"{path}: checkpoint does not match the model's trainable params ({e})") from None
+    return state.replace(trainable=trainable)
+
+
+def load_for_eval(model: BaseModel, task_feature_lengths: Mapping[str, int], *, model_parallel_size: int = 1,
+                  initial_checkpoint_path: Optional[str] = None, prompt_checkpoint_path: Optional[str] = None,
+                  seed: int = 0) -> Tuple[trainer_lib.Trainer, trainer_lib.TrainState]:
+    """(trainer, state) holding the frozen model and the prompt to evaluate or decode with."""
+    mesh = partitioning.make_mesh(model_parallel_size)
+    trainer = build_trainer(model, task_feature_lengths, mesh, initial_checkpoint_path=initial_checkpoint_path,
+                            seed=seed)
+    return trainer, restore_trainable(trainer, prompt_checkpoint_path)
