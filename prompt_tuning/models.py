@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
+import tensorflow as tf
 
 from prompt_tuning import decoding, losses
 from prompt_tuning.t5.decoder_only import DecoderOnly
@@ -44,9 +45,12 @@ class BaseModel:
     FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.FeatureConverter
 
     # ------------------------------------------------------------------ data
-    def feature_converter(self) -> seqio.FeatureConverter:
-        """Task features -> this model's batch keys (unpacked: every example keeps its whole prompt)."""
-        return self.FEATURE_CONVERTER_CLS(pack=False)
+    def feature_converter(self, prompt_index: Optional[int] = None) -> seqio.FeatureConverter:
+        """Task features -> this model's batch keys (unpacked: every example keeps its whole prompt).
+
+        prompt_index: the prompt-bank row every converted example uses (its task's row), as a feature.
+        """
+        return self.FEATURE_CONVERTER_CLS(pack=False, prompt_index=prompt_index)
 
     def features(self, batch: Batch, *required: str) -> dict:
         """The model features of `batch` as arrays; other keys (strings, ids) are dropped before jit."""
@@ -95,13 +99,22 @@ class BaseModel:
         return self.module.apply({"params": params}, **self._inputs(features),
                                  enable_dropout=dropout_rng is not None, rngs=rngs)
 
-    def loss_sums(self, params, batch: Batch, *, dropout_rng: Optional[jax.Array] = None,
-                  z_loss: float = 0.0) -> Mapping[str, jax.Array]:
-        """Sums over the batch of t5x's token losses (see losses.loss_sums); add them across microbatches."""
+    def loss_sums(self, params, batch: Batch, *, dropout_rng: Optional[jax.Array] = None, z_loss: float = 0.0,
+                  num_prompt_rows: int = 0) -> Mapping[str, jax.Array]:
+        """Sums over the batch of t5x's token losses (see losses.loss_sums); add them across microbatches.
+
+        With `num_prompt_rows` (a prompt bank's size) and a `prompt_index` feature, also 'row_weight'
+        [num_prompt_rows]: each bank row's share of the target tokens, to normalise each row on its own.
+        """
         features = self.features(batch)
         logits = self.logits(params, features, dropout_rng=dropout_rng)
-        return losses.loss_sums(logits, features["decoder_target_tokens"], features["decoder_loss_weights"],
+        sums = losses.loss_sums(logits, features["decoder_target_tokens"], features["decoder_loss_weights"],
                                 z_loss)
+        if num_prompt_rows and PROMPT_INDEX in features:
+            per_example = features["decoder_loss_weights"].astype(jnp.float32).sum(-1)
+            sums = dict(sums, row_weight=jax.ops.segment_sum(per_example, features[PROMPT_INDEX].astype(jnp.int32),
+                                                             num_prompt_rows))
+        return sums
 
     def token_log_probs(self, params, batch: Batch) -> jax.Array:
         """log p(target) per token [B, T], 0 where decoder_loss_weights is 0 (default: target > 0)."""
@@ -195,6 +208,32 @@ def _zeros_like_shapes(fn, *args):
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
 
+class _WithPromptIndex:
+    """Mixed into a seqio converter: every converted example also gets `prompt_index` (one bank row).
+
+    Added after seqio's conversion, whose output validation admits no feature beyond the model's.
+    """
+
+    def __init__(self, prompt_index: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.prompt_index = prompt_index
+
+    def __call__(self, ds, task_feature_lengths):
+        ds = super().__call__(ds, task_feature_lengths)
+        if self.prompt_index is None:
+            return ds
+        row = tf.constant(self.prompt_index, tf.int32)
+        return ds.map(lambda ex: {**ex, PROMPT_INDEX: row})
+
+
+class EncDecFeatureConverter(_WithPromptIndex, seqio.EncDecFeatureConverter):
+    pass
+
+
+class PrefixLMFeatureConverter(_WithPromptIndex, seqio.PrefixLMFeatureConverter):
+    pass
+
+
 @gin.configurable(module="models")
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderModel(BaseModel):
@@ -202,7 +241,7 @@ class EncoderDecoderModel(BaseModel):
 
     FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", "decoder_input_tokens",
                                            "decoder_target_tokens", "decoder_loss_weights")
-    FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.EncDecFeatureConverter
+    FEATURE_CONVERTER_CLS: ClassVar[type] = EncDecFeatureConverter
 
     def _inputs(self, batch: dict) -> dict:
         return {"encoder_input_tokens": batch["encoder_input_tokens"],
@@ -259,7 +298,7 @@ class DecoderOnlyModel(BaseModel):
 
     FEATURES: ClassVar[Tuple[str, ...]] = ("decoder_input_tokens", "decoder_target_tokens",
                                            "decoder_loss_weights", "decoder_causal_attention")
-    FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.PrefixLMFeatureConverter
+    FEATURE_CONVERTER_CLS: ClassVar[type] = PrefixLMFeatureConverter
 
     def _inputs(self, batch: dict) -> dict:
         return {"decoder_input_tokens": batch["decoder_input_tokens"],

@@ -66,9 +66,17 @@ def _pretrain_example(rng: random.Random) -> Tuple[str, str]:
     return rng.choice(PRETRAINING_SKILLS)(rng)
 
 
-def _held_out_example(rng: random.Random) -> Tuple[str, str]:
-    text = _letters(rng)
-    return text, text[1]  # No prefix: the prompt has to stand in for one.
+def _held_out(position: int) -> Callable[[random.Random], Tuple[str, str]]:
+    """Bare strings (no prefix: the prompt has to stand in for one) answered by the letter at `position`."""
+
+    def make(rng):
+        text = _letters(rng)
+        return text, text[position]
+
+    return make
+
+
+_held_out_example = _held_out(1)
 
 
 def examples(make_example: Callable[[random.Random], Tuple[str, str]], split: str) -> List[Tuple[str, str]]:
@@ -109,3 +117,11 @@ PRETRAIN_TASK = "synthetic_pretrain"
 HELD_OUT_TASK = "synthetic_second_letter"
 _register(PRETRAIN_TASK, _pretrain_example, [metrics.accuracy])
 _register(HELD_OUT_TASK, _held_out_example, [metrics.accuracy])
+
+# Multi-task prompt tuning: held-out skills over the SAME bare strings (each split draws the same texts), so
+# nothing in an input tells the tasks apart; only each task's own prompt (its bank row) can.
+THIRD_LETTER_TASK = "synthetic_third_letter"
+HELD_OUT_MIXTURE = "synthetic_held_out_letters"
+_register(THIRD_LETTER_TASK, _held_out(2), [metrics.accuracy])
+if HELD_OUT_MIXTURE not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(HELD_OUT_MIXTURE, [HELD_OUT_TASK, THIRD_LETTER_TASK], default_rate=1.0)

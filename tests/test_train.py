@@ -28,7 +28,7 @@ def tiny_model(dropout=0.0):
                                                                                                     length=3)))
 
 
-CONVERTER = tiny_model().feature_converter()
+CONVERTER = tiny_model().feature_converter  # data.get_dataset takes the factory
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +213,12 @@ def test_extract_prompt(full_run, tmp_path):
 
 def test_restore_trainable_for_eval(full_run):
     model_dir, history = full_run
-    trainer, state = setup.load_for_eval(tiny_model(), LENGTHS, model_parallel_size=2,
-                                         prompt_checkpoint_path=str(model_dir / "checkpoints"))
+    trainer, state, rows = setup.load_for_eval(tiny_model(), LENGTHS, model_parallel_size=2,
+                                               prompt_checkpoint_path=str(model_dir / "checkpoints"))
+    assert rows is None
     np.testing.assert_array_equal(np.asarray(state.trainable["encoder"]["prompt"]["prompt"]), _prompt(history))
     best_step = str(history.best_step)
-    _, best = setup.load_for_eval(tiny_model(), LENGTHS, prompt_checkpoint_path=str(model_dir))  # best/ wins
+    _, best, _ = setup.load_for_eval(tiny_model(), LENGTHS, prompt_checkpoint_path=str(model_dir))  # best/ wins
     np.testing.assert_array_equal(
         np.asarray(best.trainable["encoder"]["prompt"]["prompt"]),
         read_trainable(str(model_dir / "best" / best_step))["encoder"]["prompt"]["prompt"])

@@ -22,11 +22,11 @@ def evaluate(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     """Metrics {'<task>/<metric>': value} of the prompted model."""
     from prompt_tuning.train import setup
     from prompt_tuning.train.evaluation import Evaluator
-    trainer, state = setup.load_for_eval(model, task_feature_lengths, model_parallel_size=model_parallel_size,
-                                         initial_checkpoint_path=initial_checkpoint_path,
-                                         prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
+    trainer, state, rows = setup.load_for_eval(
+        model, task_feature_lengths, model_parallel_size=model_parallel_size,
+        initial_checkpoint_path=initial_checkpoint_path, prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
     evaluator = Evaluator(trainer, mixture_or_task_name, dict(task_feature_lengths), batch_size, split=split,
-                          num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"))
+                          num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"), task_rows=rows)
     metrics = evaluator.evaluate(state, int(jax.device_get(state.step)))
     if jax.process_index() == 0:
         for name, value in sorted(metrics.items()):

@@ -28,9 +28,13 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     if not isinstance(task, seqio.Task):
         raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is a mixture; infer decodes one task")
     lengths = dict(task_feature_lengths)
-    trainer, state = setup.load_for_eval(model, lengths, model_parallel_size=model_parallel_size,
-                                         initial_checkpoint_path=initial_checkpoint_path,
-                                         prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
+    trainer, state, rows = setup.load_for_eval(
+        model, lengths, model_parallel_size=model_parallel_size, initial_checkpoint_path=initial_checkpoint_path,
+        prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
+    if rows is not None and mixture_or_task_name not in rows:
+        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} has no row in the prompt bank of "
+                         f"{prompt_checkpoint_path} (rows: {sorted(rows, key=rows.get)})")
+    row = None if rows is None else rows[mixture_or_task_name]
     params, mesh = trainer.params_for_eval(state), trainer.mesh
     vocab = task.output_features["targets"].vocabulary
     in_vocab = task.output_features["inputs"].vocabulary
@@ -38,7 +42,7 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     if num_examples:
         ds = ds.take(num_examples)
     examples = list(ds.as_numpy_iterator())
-    model_ds = model.feature_converter()(ds, lengths).enumerate()
+    model_ds = model.feature_converter(prompt_index=row)(ds, lengths).enumerate()
     out_path = os.path.join(model_dir, "inference", f"{mixture_or_task_name}-{split}.jsonl")
     lines = []
     for i, tokens in predict_dataset(model, params, model_ds, batch_size, mesh, lengths["targets"], eos_id):

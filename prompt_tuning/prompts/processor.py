@@ -39,8 +39,9 @@ class PromptProcessor(Prompt):
     @nn.compact
     def __call__(self, embedded, tokens, embedding_table, prompt_index=None):
         prompt = self.prompt_param(embedding_table)
-        if prompt.ndim == 3 and prompt_index is None and self.is_initializing():
-            prompt_index = jnp.zeros((embedded.shape[0],), jnp.int32)  # shapes only; callers' init needn't know
+        if prompt.ndim == 3 and prompt_index is None and self.is_mutable_collection("params"):
+            # Creating parameters (init, or completing a loaded model): shapes only, callers need no index.
+            prompt_index = jnp.zeros((embedded.shape[0],), jnp.int32)
         prompt = select_prompts(prompt, prompt_index, embedded.shape[0]).astype(embedded.dtype)
         return join.join(prompt, embedded, tokens, self.placement, self.eos_id)
 

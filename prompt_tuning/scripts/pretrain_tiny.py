@@ -40,7 +40,7 @@ def pretrain(steps: int, batch_size: int, learning_rate: float, seed: int, log_e
                                   trainable_regex=".*", z_loss=0.0, seed=seed)
     state = trainer.init_state()
     cfg = data.DatasetConfig(synthetic.PRETRAIN_TASK, FEATURE_LENGTHS, "train", batch_size, True, seed)
-    batches = data.numpy_batches(data.get_dataset(cfg, model.feature_converter()))
+    batches = data.numpy_batches(data.get_dataset(cfg, model.feature_converter))
     start, scalars = time.time(), {}
     for step in range(1, steps + 1):
         state, metrics = trainer.train_step(state, data.to_global(next(batches), mesh))

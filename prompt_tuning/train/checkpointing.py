@@ -9,6 +9,7 @@ The frozen model is never saved: it is re-read from INITIAL_CHECKPOINT_PATH, so 
 The data position is the step (see data.py) and the dropout rng is fold_in(seed, step): restoring the step
 restores both.
 """
+import json
 import os
 from typing import Any, Mapping, Optional
 
@@ -117,15 +118,25 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: TrainStat
     return TrainState(step=s["step"], trainable=s["trainable"], opt_state=s["opt_state"]), restored["meta"]
 
 
+def _step_dir(path: str, step: Optional[int]) -> str:
+    step_dir = runs.resolve(path, step)
+    if step_dir is None:
+        raise FileNotFoundError(f"{path}: not a training run's checkpoint (no {runs.LATEST_DIR}/<step>/"
+                                f"{runs.STATE_ITEM}, {runs.BEST_DIR}/<step>/{runs.STATE_ITEM} or {runs.STATE_ITEM}/)")
+    return step_dir
+
+
+def read_meta(path: str, step: Optional[int] = None) -> dict:
+    """The meta a checkpoint was saved with (seed, batch size, task, the prompt bank's rows, ...)."""
+    with open(os.path.join(_step_dir(path, step), "meta", "metadata")) as f:
+        return json.load(f)
+
+
 def read_trainable(path: str, step: Optional[int] = None):
     """The trainable params of one of our checkpoints as numpy (no model needed).
 
     `path`: a run's MODEL_DIR, its checkpoints/ or best/ directory, or one step directory (see `runs.resolve`).
     """
-    step_dir = runs.resolve(path, step)
-    if step_dir is None:
-        raise FileNotFoundError(f"{path}: not a training run's checkpoint (no {runs.LATEST_DIR}/<step>/"
-                                f"{runs.STATE_ITEM}, {runs.BEST_DIR}/<step>/{runs.STATE_ITEM} or {runs.STATE_ITEM}/)")
     with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(os.path.join(step_dir, runs.STATE_ITEM))
+        tree = ckptr.restore(os.path.join(_step_dir(path, step), runs.STATE_ITEM))
     return jax.tree_util.tree_map(np.asarray, tree["trainable"])

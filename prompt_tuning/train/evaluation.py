@@ -54,17 +54,33 @@ def predict_dataset(model: BaseModel, params, ds, batch_size: int, mesh, max_dec
 
 @gin.configurable
 class Evaluator:
-    """Wraps `seqio.Evaluator` for one mixture or task and split."""
+    """Wraps `seqio.Evaluator` for one mixture or task and split.
+
+    task_rows: {task name: prompt-bank row} when each task has its own prompt (a multi-task bank); every task
+    of the mixture is then evaluated with its row, and its metrics are reported under its name as usual.
+    """
 
     def __init__(self, trainer: Trainer, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  batch_size: int, split: str = "validation", num_examples: Optional[int] = None,
-                 output_dir: Optional[str] = None, decoding: Optional[dict] = None, eos_id: int = 1):
+                 output_dir: Optional[str] = None, decoding: Optional[dict] = None, eos_id: int = 1,
+                 task_rows: Optional[Mapping[str, int]] = None):
         self.trainer, self.batch_size, self.output_dir, self.eos_id = trainer, batch_size, output_dir, eos_id
         self.decoding = decoding or decoding_options()
-        self.seqio = seqio.Evaluator(
-            mixture_or_task_name, feature_converter=trainer.model.feature_converter(), eval_split=split,
-            sequence_length=dict(task_feature_lengths), num_examples=num_examples, use_cached=False,
-            async_compute_metrics=False)
+
+        def evaluator(name, row=None):
+            return seqio.Evaluator(
+                name, feature_converter=trainer.model.feature_converter(prompt_index=row), eval_split=split,
+                sequence_length=dict(task_feature_lengths), num_examples=num_examples, use_cached=False,
+                async_compute_metrics=False)
+        if task_rows is None:
+            self.evaluators = [evaluator(mixture_or_task_name)]
+        else:
+            tasks = [t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))]
+            missing = sorted(set(tasks) - set(task_rows))
+            if missing:
+                raise ValueError(f"{mixture_or_task_name}: tasks {missing} have no prompt-bank row "
+                                 f"(the bank's rows: {sorted(task_rows, key=task_rows.get)})")
+            self.evaluators = [evaluator(t, task_rows[t]) for t in tasks]
         self._max_decode_len = task_feature_lengths["targets"]
 
     def _predict_fn(self, params):
@@ -92,14 +108,15 @@ class Evaluator:
 
     def evaluate(self, state: TrainState, step: int) -> Dict[str, float]:
         """{'<task>/<metric>': value}; also appended to <output_dir>/metrics.jsonl on process 0."""
-        if not self.seqio.eval_tasks:
-            return {}
-        params = self.trainer.params_for_eval(state)
-        future, _ = self.seqio.evaluate(compute_metrics=jax.process_index() == 0, step=step,
-                                        predict_fn=self._predict_fn(params), score_fn=self._score_fn(state))
-        results = future.result() or {}
-        flat = {f"{task}/{name}": float(_scalar(value)) for task, metrics in results.items()
-                for name, value in metrics.items()}
+        params, flat = self.trainer.params_for_eval(state), {}
+        for evaluator in self.evaluators:
+            if not evaluator.eval_tasks:
+                continue
+            future, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
+                                           predict_fn=self._predict_fn(params), score_fn=self._score_fn(state))
+            results = future.result() or {}
+            flat.update({f"{task}/{name}": float(_scalar(value)) for task, metrics in results.items()
+                         for name, value in metrics.items()})
         if self.output_dir and jax.process_index() == 0 and flat:
             os.makedirs(self.output_dir, exist_ok=True)
             with open(os.path.join(self.output_dir, "metrics.jsonl"), "a") as f:

@@ -82,9 +82,11 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
                                   loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype)
     checkpointer = Checkpointer(model_dir)
     state, start = _restore_or_init(trainer, checkpointer, model_dir)
+    rows = data.prompt_row_names(train_dataset_cfg)
+    _check_bank(trainer, rows)
     run = _Run(trainer, checkpointer, model_dir, train_dataset_cfg, lengths, start,
                meta={"seed": seed, "batch_size": train_dataset_cfg.batch_size,
-                     "task": train_dataset_cfg.mixture_or_task_name},
+                     "task": train_dataset_cfg.mixture_or_task_name, "prompt_rows": rows},
                evaluator=_evaluator(trainer, train_dataset_cfg, lengths, model_dir, eval_period or eval_at_start,
                                     eval_split, eval_num_examples, eval_batch_size),
                stopping=_EarlyStopping(early_stopping_metric or checkpointer.metric, early_stopping_patience))
@@ -108,11 +110,21 @@ def _restore_or_init(trainer, checkpointer, model_dir):
     return state, start
 
 
+def _check_bank(trainer, rows) -> None:
+    """A bank's size must be the rows the data gives it (PROMPT_BANK_SIZE against PROMPT_ROWS)."""
+    if (rows is None) != (not trainer.num_prompt_rows) or (rows and len(rows) != trainer.num_prompt_rows):
+        raise ValueError(f"the model's prompt bank has {trainer.num_prompt_rows or 'no'} rows but the data gives "
+                         f"{len(rows) if rows else 'no'} prompt rows ({rows}): set PROMPT_BANK_SIZE to match "
+                         "PROMPT_ROWS")
+
+
 def _evaluator(trainer, cfg, lengths, model_dir, wanted, split, num_examples, batch_size) -> Optional[Evaluator]:
     if not wanted:
         return None
+    rows = data.prompt_row_names(cfg) if cfg.prompt_rows == data.PER_TASK else None
     return Evaluator(trainer, cfg.mixture_or_task_name, lengths, batch_size or cfg.batch_size, split=split,
-                     num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"))
+                     num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"),
+                     task_rows=None if rows is None else {name: i for i, name in enumerate(rows)})
 
 
 class _Run:
@@ -143,7 +155,7 @@ class _Run:
         mesh, start = self.trainer.mesh, self.result.start_step
         if self.result.stop_reason:  # it had stopped early before this start
             return state
-        batches = data.numpy_batches(data.get_dataset(self.cfg, self.trainer.model.feature_converter(),
+        batches = data.numpy_batches(data.get_dataset(self.cfg, self.trainer.model.feature_converter,
                                                       start_step=start))
         progress = Progress(train_steps, start, self.cfg.batch_size)
         for step in range(start + 1, train_steps + 1):

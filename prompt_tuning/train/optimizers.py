@@ -7,9 +7,10 @@ or a global-norm term -- which is what `optax.multi_transform` with
 `set_to_zero` would give without ever materialising the frozen gradients.
 """
 import re
-from typing import Any, Callable, Mapping, Tuple, Union
+from typing import Any, Callable, Collection, Mapping, Tuple, Union
 
 import gin
+import jax
 import optax
 from flax import traverse_util
 
@@ -101,3 +102,29 @@ def make_optimizer(name: str = "adafactor", learning_rate=None) -> Tuple[optax.G
     if name not in factories:
         raise ValueError(f"make_optimizer.name={name!r}; known: {', '.join(factories)}")
     return factories[name](learning_rate=schedule), schedule
+
+
+def per_array(tx: optax.GradientTransformation, row_arrays: Collection[str] = ()) -> optax.GradientTransformation:
+    """`tx` applied to every trainable array on its own, and to every row of the arrays in `row_arrays`
+    ('/'-joined paths of prompt banks, [rows, ...]) on its own.
+
+    Adafactor clips by the RMS of a whole array and factors its two largest dimensions, so a bank updated as
+    one array would couple its prompts; mapped over the rows, each row takes exactly the steps it would take
+    as a single prompt.  Without `row_arrays` this equals `tx` for any per-array transformation (Adafactor,
+    Adam, SGD: none of them mixes arrays).
+    """
+    def leaf_tx(path):
+        if path not in row_arrays:
+            return tx.init, tx.update
+        return jax.vmap(tx.init), jax.vmap(tx.update)
+
+    def init(params):
+        return {path: leaf_tx(path)[0](value) for path, value in _flat(params).items()}
+
+    def update(grads, state, params=None):
+        flat_grads, flat_params = _flat(grads), _flat(params) if params is not None else {}
+        updates, new_state = {}, {}
+        for path, grad in flat_grads.items():
+            updates[path], new_state[path] = leaf_tx(path)[1](grad, state[path], flat_params.get(path))
+        return traverse_util.unflatten_dict(updates, sep="/"), new_state
+    return optax.GradientTransformation(init, update)

@@ -3,7 +3,7 @@
 `build_trainer` serves training; `load_for_eval` serves the eval and infer CLIs (and any script that
 evaluates a trained prompt).
 """
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -12,8 +12,9 @@ from flax import traverse_util
 
 from prompt_tuning import checkpoints, partitioning
 from prompt_tuning.models import BaseModel
+from prompt_tuning.prompts.prompt import BANK_AXES
 from prompt_tuning.train import optimizers, params as params_lib, trainer as trainer_lib
-from prompt_tuning.train.checkpointing import read_trainable
+from prompt_tuning.train.checkpointing import read_meta, read_trainable
 
 
 def load_frozen(path: str, model: BaseModel, task_feature_lengths: Mapping[str, int], mesh) -> dict:
@@ -38,7 +39,17 @@ def build_trainer(model: BaseModel, task_feature_lengths: Mapping[str, int], mes
         else None
     params, shardings = params_lib.init_params(model, batch, mesh, jax.random.PRNGKey(seed), loaded)
     tx, schedule = optimizers.make_optimizer()
-    return trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, seed=seed, **trainer_kwargs)
+    banks = prompt_banks(model, batch)
+    if banks:
+        tx = optimizers.per_array(tx, banks)
+    return trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, seed=seed, row_arrays=banks,
+                               **trainer_kwargs)
+
+
+def prompt_banks(model: BaseModel, batch) -> Tuple[str, ...]:
+    """'/'-paths of the model's prompt banks: arrays whose leading logical axis is the bank's rows."""
+    specs = traverse_util.flatten_dict(params_lib.logical_specs(model, batch), sep="/")
+    return tuple(sorted(path for path, spec in specs.items() if spec and spec[0] == BANK_AXES[0]))
 
 
 def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str],
@@ -64,9 +75,17 @@ def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str],
 
 def load_for_eval(model: BaseModel, task_feature_lengths: Mapping[str, int], *, model_parallel_size: int = 1,
                   initial_checkpoint_path: Optional[str] = None, prompt_checkpoint_path: Optional[str] = None,
-                  seed: int = 0) -> Tuple[trainer_lib.Trainer, trainer_lib.TrainState]:
-    """(trainer, state) holding the frozen model and the prompt to evaluate or decode with."""
+                  seed: int = 0) -> Tuple[trainer_lib.Trainer, trainer_lib.TrainState, Optional[Dict[str, int]]]:
+    """(trainer, state, rows): the frozen model and the prompt to evaluate or decode with, and for a prompt
+    bank what each row is ({name: row}, from the checkpoint that trained it; None without a bank)."""
     mesh = partitioning.make_mesh(model_parallel_size)
     trainer = build_trainer(model, task_feature_lengths, mesh, initial_checkpoint_path=initial_checkpoint_path,
                             seed=seed)
-    return trainer, restore_trainable(trainer, prompt_checkpoint_path)
+    rows = None
+    if prompt_checkpoint_path and trainer.num_prompt_rows:
+        names = read_meta(prompt_checkpoint_path).get("prompt_rows")
+        if not names or len(names) != trainer.num_prompt_rows:
+            raise ValueError(f"{prompt_checkpoint_path}: the model has a bank of {trainer.num_prompt_rows} prompts "
+                             f"but the checkpoint names rows {names}")
+        rows = {name: i for i, name in enumerate(names)}
+    return trainer, restore_trainable(trainer, prompt_checkpoint_path), rows

@@ -7,7 +7,7 @@ microbatches with `lax.scan`, and normalised once for the whole batch, so a
 run with M microbatches takes the same step as one with 1.
 """
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
 import jax
@@ -62,9 +62,17 @@ class Trainer:
     loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS
     frozen_dtype: Optional[str] = None
     seed: int = 0
+    # Prompt banks: '/'-paths of trainable [rows, ...] arrays whose rows are independent prompts.  Each row's
+    # gradient is normalised by its own examples' tokens (and the optimizer should be
+    # `optimizers.per_array(tx, row_arrays)`), so every row steps exactly as the single prompt it stands for.
+    row_arrays: Tuple[str, ...] = ()
 
     def __post_init__(self, params):
         trainable, frozen = optimizers.split_params(params, self.trainable_regex)
+        rows = {flax.traverse_util.flatten_dict(trainable, sep="/")[p].shape[0] for p in self.row_arrays}
+        if len(rows) > 1:
+            raise ValueError(f"prompt banks {self.row_arrays} have different numbers of rows {sorted(rows)}")
+        self.num_prompt_rows = rows.pop() if rows else 0
         self.trainable_shardings = _subtree_like(self.param_shardings, trainable)
         self.frozen_shardings = _subtree_like(self.param_shardings, frozen)
         if self.frozen_dtype:
@@ -97,7 +105,7 @@ class Trainer:
     def _microbatch_grads(self, trainable, frozen, batch, rng):
         def loss_fn(tr):
             sums = self.model.loss_sums(optimizers.merge_params(tr, frozen), batch, dropout_rng=rng,
-                                        z_loss=self.z_loss)
+                                        z_loss=self.z_loss, num_prompt_rows=self.num_prompt_rows)
             return sums["loss"], sums
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         return grads, sums
@@ -130,7 +138,7 @@ class Trainer:
             zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(self.num_microbatches), micro))
         norm = losses.normalizer(sums, self.loss_normalizing_factor)
-        grads = jax.tree_util.tree_map(lambda g: g / norm, grads)
+        grads = self._normalize(grads, sums, norm)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         metrics = {
@@ -152,6 +160,19 @@ class Trainer:
                 self._step, in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
                 out_shardings=(shardings, NamedSharding(self.mesh, PartitionSpec())), donate_argnums=(1,))
         return self._train_step
+
+    def _normalize(self, grads, sums, norm):
+        """grads / norm; a bank's rows each by their own tokens (a row's prompt reaches only its examples)."""
+        if not self.row_arrays:
+            return jax.tree_util.tree_map(lambda g: g / norm, grads)
+        row_norm = losses.normalizer({"weight": sums["row_weight"]}, self.loss_normalizing_factor)
+        flat = flax.traverse_util.flatten_dict(grads, sep="/")
+        for path, g in flat.items():
+            if path in self.row_arrays:
+                flat[path] = g / jnp.reshape(jnp.broadcast_to(row_norm, (g.shape[0],)), (-1,) + (1,) * (g.ndim - 1))
+            else:
+                flat[path] = g / norm
+        return flax.traverse_util.unflatten_dict(flat, sep="/")
 
     def train_step(self, state: TrainState, batch: Batch):
         """One update; `batch` is a dict of global jax.Arrays sharded on 'data' (see `data.to_global`)."""
