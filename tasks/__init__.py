@@ -10,8 +10,10 @@ Importing this package registers every task and mixture with seqio:
   mrqa_squad, mrqa_<out-of-domain set>, mrqa_squad_to_<set> and the mixture mrqa_squad_to_out_of_domain
   (the paper's Table 1; see mrqa.py).
   <task>_sentinel: every target prefixed with <extra_id_0> (the Figure 3 ablation; see sentinel.py).
-Data source (TFDS or official files) and vocabulary: see sources.py and vocab.py.
+Data source (TFDS or official files) and vocabulary: see sources.py and vocab.py; gin_vocab.py makes the
+vocabularies of prompt_tuning.vocab gin configurables (e.g. for class-label prompts on byte models).
 """
+from prompt_tuning.tasks import gin_vocab  # noqa: F401
 from prompt_tuning.tasks import glue  # noqa: F401
 from prompt_tuning.tasks import mrqa  # noqa: F401
 from prompt_tuning.tasks import sentinel  # noqa: F401

@@ -1,0 +1,412 @@
+"""Run a grid of prompt-tuning runs (the paper's ablations), resumably, and tabulate and plot the results.
+
+  python -m prompt_tuning.scripts.sweep --gin_file=runs/synthetic_second_letter.gin \
+    --grid PROMPT_LENGTH=1,5,20,100 --grid 'PROMPT_INIT=@prompts.uniform(),@prompts.sampled_vocab()' \
+    --repeats 3 --metric synthetic_second_letter/accuracy --output_dir /tmp/sweep [--gin.KEY=VALUE ...]
+
+Every grid point x repeat is one `python -m prompt_tuning.train` process with the gin files, the --gin.
+bindings, the point's bindings, MODEL_DIR=<output_dir>/<point>/seed_<k> and SEED=k (k = 0..repeats-1:
+prompt initialisation, data order and dropout all follow SEED, as the paper's 3 runs).  Other arguments
+go to the training CLI unchanged.
+
+--grid KEY=V1,V2,...  KEY is any gin binding (a macro such as PROMPT_LENGTH, or e.g. loop.train.z_loss);
+    the special key gin_file adds a gin file.  Values are gin literals split at the commas that are outside
+    brackets (), [], {} and quotes, so "CLASS_LABELS=['a','b'],['c','d']" gives two values; a value with a
+    bare top-level comma (rare in gin) can be given with --grid_sep, e.g. --grid_sep=';'.
+Resuming: rerun the same command.  A run whose directory holds sweep_done.json (written once training
+    reached TRAIN_STEPS) is skipped and never touched again; any other run is started again into its
+    MODEL_DIR, where the trainer resumes from its newest checkpoint.  Directory names come from the grid
+    values only, so give a sweep with other --gin. bindings its own --output_dir.
+Results (each run's MODEL_DIR/eval/metrics.jsonl; rerun with another --metric to re-tabulate, no training):
+    a run's score is the best evaluation after step 0 (early stopping on the evaluated split, as the paper)
+    of --metric, a regular expression over the metric names whose matches are averaged per evaluation
+    (e.g. 'taskless_super_glue_cb_v102/(accuracy|mean_3class_f1)' is CB's SuperGLUE score).  Per point:
+    the mean and sample standard deviation (n-1) over repeats.  Written to <output_dir>/results.jsonl,
+    results.md (also printed) and results.png (the metric against --x, default the first grid key, one line
+    per setting of the other keys, error bars one standard deviation).
+Every point's gin configuration is parsed before anything runs, so a misspelt key fails at once.
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DONE = "sweep_done.json"
+GIN_FILE_KEY = "gin_file"
+RESERVED = ("MODEL_DIR", "SEED")
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+class SweepError(ValueError):
+    """A bad sweep argument or result, reported as one line."""
+
+
+# ------------------------------------------------------------------------------------------- the grid
+
+
+def split_values(text: str, sep: str = ",") -> List[str]:
+    """`text` split at `sep` outside brackets and quotes; every value stripped and non-empty."""
+    values, depth, quote, start = [], [], None, 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _OPEN:
+            depth.append(_CLOSE[_OPEN.index(ch)])
+        elif ch in _CLOSE:
+            if not depth or depth.pop() != ch:
+                raise SweepError(f"unbalanced {ch!r} at character {i + 1} of {text!r}")
+        elif not depth and text.startswith(sep, i):
+            values.append(text[start:i])
+            start = i + len(sep)
+            i += len(sep) - 1
+        i += 1
+    if quote or depth:
+        raise SweepError(f"unclosed {quote or depth[-1]!r} in {text!r}")
+    values.append(text[start:])
+    values = [v.strip() for v in values]
+    if not all(values):
+        raise SweepError(f"empty value in {text!r}")
+    return values
+
+
+def parse_grid(specs: Sequence[str], sep: str = ",") -> List[Tuple[str, List[str]]]:
+    """[(key, values)] in the order given."""
+    grid, seen = [], set()
+    for spec in specs:
+        key, eq, values = spec.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise SweepError(f"--grid {spec!r}: expected KEY=VALUE1{sep}VALUE2...")
+        if key in RESERVED:
+            raise SweepError(f"--grid {key}: the sweep sets {key} itself (use --repeats for seeds)")
+        if key in seen:
+            raise SweepError(f"--grid {key} given twice")
+        seen.add(key)
+        try:
+            grid.append((key, split_values(values, sep)))
+        except SweepError as e:
+            raise SweepError(f"--grid {key}: {e}") from None
+    return grid
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.+-]", "_", os.path.basename(value))).strip("_") or "_"
+
+
+def point_name(assignment: Sequence[Tuple[str, str]]) -> str:
+    """A readable directory name; a short hash is added when the slug loses characters (it could collide)."""
+    parts = [f"{_slug(k)}-{_slug(v)}" for k, v in assignment]
+    name = "__".join(parts) or "default"
+    exact = all(_slug(v) == v for _, v in assignment)
+    if not exact or len(name) > 120:
+        digest = hashlib.sha1(json.dumps(list(assignment)).encode()).hexdigest()[:6]
+        name = f"{name[:120]}__{digest}"
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+class Run:
+    """One training process: a grid point and a seed."""
+
+    def __init__(self, output_dir: str, assignment: Sequence[Tuple[str, str]], seed: int):
+        self.assignment, self.seed = list(assignment), seed
+        self.point = point_name(assignment)
+        self.dir = os.path.join(output_dir, self.point, f"seed_{seed}")
+
+    def train_args(self, gin_files: Sequence[str], bindings: Sequence[str]) -> List[str]:
+        files = list(gin_files) + [v for k, v in self.assignment if k == GIN_FILE_KEY]
+        args = [f"--gin_file={f}" for f in files] + [f"--gin.{b}" for b in bindings]
+        args += [f"--gin.{k}={v}" for k, v in self.assignment if k != GIN_FILE_KEY]
+        return args + [f"--gin.MODEL_DIR={os.path.abspath(self.dir)!r}", f"--gin.SEED={self.seed}"]
+
+    @property
+    def done(self) -> bool:
+        return os.path.isfile(os.path.join(self.dir, DONE))
+
+
+def reached_step(model_dir: str) -> int:
+    """The newest saved step (numpy_checkpoints/checkpoint_<step>, else checkpoints/<step>); -1 if none."""
+    steps = [-1]
+    for sub, pattern in (("numpy_checkpoints", r"checkpoint_(\d+)"), ("checkpoints", r"(\d+)")):
+        path = os.path.join(model_dir, sub)
+        if os.path.isdir(path):
+            steps += [int(m[1]) for m in (re.fullmatch(pattern, d) for d in os.listdir(path)) if m]
+    return max(steps)
+
+
+def check_gin(train_args: Sequence[str]) -> int:
+    """Parses a run's gin configuration as the training CLI will; returns its TRAIN_STEPS."""
+    import gin
+    from prompt_tuning import gin_utils
+    files = [a.split("=", 1)[1] for a in train_args if a.startswith("--gin_file=")]
+    rest, bindings = gin_utils.split_gin_args([a for a in train_args if not a.startswith("--gin_file=")])
+    search = [a.split("=", 1)[1] for a in rest if a.startswith("--gin_search_paths=")]
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin(files, bindings, ",".join(search).split(","))
+        steps = gin_utils.macro("TRAIN_STEPS")
+    finally:
+        gin.clear_config()
+    if not isinstance(steps, int):
+        raise gin_utils.GinConfigError(f"TRAIN_STEPS is {steps!r}, not an int")
+    return steps
+
+
+def run_one(run: Run, args: List[str], train_steps: int) -> str:
+    """Trains (or resumes) one run; 'done', or why not.  Output goes to <run dir>/sweep.log."""
+    os.makedirs(run.dir, exist_ok=True)
+    start = time.time()
+    with open(os.path.join(run.dir, "sweep.log"), "a") as log:
+        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} python -m prompt_tuning.train {' '.join(args)}\n")
+        log.flush()
+        rc = subprocess.call([sys.executable, "-m", "prompt_tuning.train", *args], stdout=log,
+                             stderr=subprocess.STDOUT)
+    step = reached_step(run.dir)
+    if rc != 0:
+        return f"FAILED (exit {rc}; see {os.path.join(run.dir, 'sweep.log')})"
+    if step < train_steps:
+        return f"incomplete (reached step {step} of {train_steps}; rerun to resume)"
+    with open(os.path.join(run.dir, DONE), "w") as f:
+        json.dump({"point": run.point, "assignment": run.assignment, "seed": run.seed, "step": step,
+                   "train_steps": train_steps, "wall_s": round(time.time() - start, 1), "args": args}, f, indent=1)
+    return "done"
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+def read_evaluations(model_dir: str) -> List[dict]:
+    """eval/metrics.jsonl, one record per step (a step evaluated again after a resume: its last record)."""
+    path = os.path.join(model_dir, "eval", "metrics.jsonl")
+    by_step = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                by_step[int(record["step"])] = record
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise SweepError(f"{path}:{lineno}: not an evaluation record ({e})") from None
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def score_run(model_dir: str, metric: str) -> dict:
+    """{'best', 'best_step', 'last', 'keys'}: the best evaluation after step 0 of the mean of matching metrics."""
+    pattern = re.compile(metric)
+    path = os.path.join(model_dir, "eval", "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SweepError(f"{path}: no evaluations (set EVAL_PERIOD)")
+    scored, keys = [], set()
+    evaluations = read_evaluations(model_dir)
+    for record in evaluations:
+        matching = sorted(k for k in record if k != "step" and pattern.fullmatch(k))
+        if record["step"] > 0 and matching:
+            keys.update(matching)
+            scored.append((float(np.mean([record[k] for k in matching])), record["step"]))
+    if not scored:
+        available = sorted({k for r in evaluations for k in r if k != "step"})
+        raise SweepError(f"{path}: no evaluation after step 0 has a metric matching {metric!r} "
+                         f"(metrics: {', '.join(available) or 'none'})")
+    best, best_step = max(scored, key=lambda s: (s[0], -s[1]))  # ties: the earliest step
+    return {"best": best, "best_step": best_step, "last": scored[-1][0], "keys": sorted(keys)}
+
+
+def summarise(runs: Sequence[Run], metric: str) -> List[dict]:
+    """One record per point (in grid order) over its finished runs."""
+    points: Dict[str, dict] = {}
+    for run in runs:
+        entry = points.setdefault(run.point, {"point": run.point, "assignment": dict(run.assignment),
+                                              "seeds": [], "best": [], "best_step": []})
+        if not run.done:
+            continue
+        scored = score_run(run.dir, metric)
+        entry["seeds"].append(run.seed)
+        entry["best"].append(scored["best"])
+        entry["best_step"].append(scored["best_step"])
+        entry["metrics"] = scored["keys"]
+    for entry in points.values():
+        values = np.asarray(entry["best"], float)
+        entry["n"] = len(values)
+        entry["mean"] = float(values.mean()) if len(values) else None
+        entry["std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+        entry["metric"] = metric
+    return list(points.values())
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def markdown(summary: Sequence[dict], keys: Sequence[str], metric: str) -> str:
+    header = list(keys) + ["runs", f"{metric} (best) mean", "std", "per seed (best step)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in summary:
+        per_seed = ", ".join(f"{v:.2f} ({s})" for v, s in zip(entry["best"], entry["best_step"]))
+        cells = [entry["assignment"][k].replace("|", "\\|") for k in keys]
+        cells += [str(entry["n"]), _fmt(entry["mean"]), _fmt(entry["std"]), per_seed or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: str) -> Optional[float]:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def plot(summary: Sequence[dict], keys: Sequence[str], x_key: str, metric: str, path: str) -> str:
+    """Figure 3's layout: the metric against x_key, one line per setting of the other keys, std error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [k for k in keys if k != x_key]
+    x_values = list(dict.fromkeys(e["assignment"][x_key] for e in summary)) if x_key else ["-"]
+    numeric = x_key and all(_number(v) is not None for v in x_values)
+    position = {v: (_number(v) if numeric else i) for i, v in enumerate(x_values)}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines: Dict[tuple, list] = {}
+    for entry in summary:
+        if entry["mean"] is not None:
+            lines.setdefault(tuple(entry["assignment"][k] for k in others), []).append(entry)
+    for setting, entries in lines.items():
+        entries.sort(key=lambda e: position[e["assignment"][x_key]] if x_key else 0)
+        xs = [position[e["assignment"][x_key]] if x_key else 0 for e in entries]
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, setting)) or metric
+        ax.errorbar(xs, [e["mean"] for e in entries], yerr=[e["std"] or 0.0 for e in entries], marker="o",
+                    capsize=3, label=label)
+    if numeric and len(x_values) > 2 and max(position.values()) / max(min(position.values()), 1e-9) >= 20:
+        ax.set_xscale("log")  # prompt lengths 1..150, model sizes: the paper's log axes
+    if numeric:
+        ax.set_xticks([position[v] for v in x_values], x_values)
+    else:
+        ax.set_xticks(range(len(x_values)), x_values, rotation=15)
+    ax.set_xlabel(x_key or "")
+    ax.set_ylabel(metric)
+    ax.set_title("best evaluation per run: mean ± std over repeats", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_results(output_dir: str, summary: Sequence[dict], keys: Sequence[str], x_key: str,
+                  metric: str) -> Dict[str, str]:
+    paths = {k: os.path.join(output_dir, f"results.{k}") for k in ("jsonl", "md", "png")}
+    with open(paths["jsonl"], "w") as f:
+        for entry in summary:
+            f.write(json.dumps(entry) + "\n")
+    with open(paths["md"], "w") as f:
+        f.write(markdown(summary, keys, metric))
+    plot(summary, keys, x_key, metric, paths["png"])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file of every run (repeatable)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept key (repeatable)")
+    parser.add_argument("--grid_sep", default=",", help="separator of --grid values (default ',')")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per point, SEED = 0..repeats-1")
+    parser.add_argument("--metric", required=True, help="regex over metric names, e.g. 'mytask/accuracy'")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--x", default=None, help="grid key on the plot's x axis (default: the first)")
+    parser.add_argument("--dry_run", action="store_true", help="print the runs' commands and stop")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
+    args, train_extra = parser.parse_known_args([a for a in argv if not a.startswith("--gin.")])
+    try:
+        return _sweep(args, bindings, train_extra)
+    except SweepError as e:
+        raise SystemExit(f"sweep: {e}") from None
+
+
+def _sweep(args, bindings: List[str], train_extra: List[str]) -> int:
+    from prompt_tuning import gin_utils
+    if not args.gin_file:
+        raise SweepError("no --gin_file given")
+    if args.repeats < 1:
+        raise SweepError(f"--repeats must be at least 1, got {args.repeats}")
+    for binding in bindings:
+        if binding.split("=", 1)[0].strip() in RESERVED:
+            raise SweepError(f"--gin.{binding}: the sweep sets MODEL_DIR and SEED itself")
+    grid = parse_grid(args.grid, args.grid_sep)
+    keys = [k for k, _ in grid]
+    x_key = args.x or (keys[0] if keys else None)
+    if x_key is not None and x_key not in keys:
+        raise SweepError(f"--x {x_key}: not a grid key ({', '.join(keys)})")
+    re.compile(args.metric)
+    points = [list(zip(keys, values)) for values in itertools.product(*(v for _, v in grid))]
+    # Seeds outer: every point runs once before any runs twice, so a sweep stopped early covers the grid.
+    runs = [Run(args.output_dir, point, seed) for seed in range(args.repeats) for point in points]
+
+    gin_utils.register_configurables()
+    plans = []
+    for run in runs:
+        train_args = run.train_args(args.gin_file, bindings) + list(train_extra)
+        try:
+            steps = check_gin(train_args)
+        except gin_utils.GinConfigError as e:
+            raise SweepError(f"point {run.point}: gin error: {e}") from None
+        plans.append((run, train_args, steps))
+    print(f"sweep: {len(points)} points x {args.repeats} repeats = {len(runs)} runs in {args.output_dir}", flush=True)
+    if args.dry_run:
+        for run, train_args, _ in plans:
+            print("python -m prompt_tuning.train " + " ".join(train_args))
+        return 0
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    failures = 0
+    for i, (run, train_args, steps) in enumerate(plans, start=1):
+        label = f"[{i}/{len(runs)}] {run.point}/seed_{run.seed}"
+        if run.done:
+            with open(os.path.join(run.dir, DONE)) as f:
+                changed = json.load(f).get("args") != train_args
+            # A point's name comes from its grid values only: say so when other bindings have changed since.
+            print(f"{label}: skipped (finished" + ("; it ran with other arguments, see its sweep_done.json)"
+                                                   if changed else ")"), flush=True)
+            continue
+        resuming = reached_step(run.dir) >= 0
+        print(f"{label}: {'resuming' if resuming else 'training'} ...", end=" ", flush=True)
+        start = time.time()
+        status = run_one(run, train_args, steps)
+        failures += status != "done"
+        print(f"{status} ({time.time() - start:.0f} s)", flush=True)
+
+    summary = summarise(runs, args.metric)
+    paths = write_results(args.output_dir, summary, keys, x_key, args.metric)
+    print()
+    print(open(paths["md"]).read(), end="")
+    print(f"results: {paths['jsonl']}, {paths['md']}, {paths['png']}")
+    if failures:
+        print(f"sweep: {failures} of {len(runs)} runs did not finish; rerun the same command to resume them",
+              file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
