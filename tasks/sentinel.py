@@ -4,7 +4,9 @@ A T5 pretrained only on span corruption always answers "<extra_id_0> ...", so th
 prefixing every downstream target with that sentinel, to make the task look like pretraining.
 `add_sentinel` (preprocessor) and `strip_sentinel` (postprocessor wrapper) do this for any task;
 `register_variant(name)` registers `<name>_sentinel` with both.  Registered here:
-  taskless_super_glue_*_v102_sentinel   every generative taskless SuperGLUE task (the ablation's setting)
+  taskless_super_glue_*_v102_sentinel   every generative taskless SuperGLUE task (the ablation's setting),
+                                         and the mixtures taskless_super_glue_wsc_and_dev_v102_simple_sentinel
+                                         and taskless_super_glue_v102_proportional_sentinel
   synthetic_second_letter_sentinel      the tiny model's task (byte vocabulary: the sentinel is 12 bytes,
                                          so give TASK_FEATURE_LENGTHS a 'targets' of 16 or more)
 Predictions without the sentinel are scored as they are, so a prompt that learned to drop it is not
@@ -90,4 +92,13 @@ def _superglue_bases():
             yield name
 
 
+def register_mixture_variant(name: str) -> str:
+    """`<name>_sentinel`: the same mixture (and rates) of its tasks' sentinel variants."""
+    mixture = seqio.get_mixture_or_task(name)
+    return registration.add_mixture(name + SUFFIX, [(t.name + SUFFIX, mixture.get_rate(t)) for t in mixture.tasks])
+
+
 VARIANTS = [register_variant(name) for name in list(_superglue_bases()) + [synthetic.HELD_OUT_TASK]]
+# WSC trains on one task and evaluates on another (superglue.py), so its runs name the mixture.
+MIXTURE_VARIANTS = [register_mixture_variant(registration.TASKLESS_PREFIX + name) for name in
+                    ("super_glue_wsc_and_dev_v102_simple", "super_glue_v102_proportional")]

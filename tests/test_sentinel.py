@@ -89,3 +89,11 @@ def test_superglue_variants_score_like_their_base(files_dir):
     record = text_examples("taskless_super_glue_record_v102_sentinel", "validation")
     assert metrics_of("taskless_super_glue_record_v102_sentinel", record, [e["targets"] for e in record]) == {
         "em": 100.0, "f1": 100.0}
+
+
+def test_mixture_variants_keep_rates():
+    for name in sentinel.MIXTURE_VARIANTS:
+        base = seqio.get_mixture_or_task(name[:-len(sentinel.SUFFIX)])
+        variant = seqio.get_mixture_or_task(name)
+        assert {t.name + sentinel.SUFFIX: base.get_rate(t) for t in base.tasks} == {
+            t.name: variant.get_rate(t) for t in variant.tasks}

@@ -17,16 +17,21 @@ Resuming: rerun the same command.  A run whose directory holds sweep_done.json (
     reached TRAIN_STEPS) is skipped and never touched again; any other run is started again into its
     MODEL_DIR, where the trainer resumes from its newest checkpoint.  Directory names come from the grid
     values only, so give a sweep with other --gin. bindings its own --output_dir.
+In --gin. bindings, {KEY} stands for the point's value of grid key KEY (a gin string without its quotes),
+    e.g. --gin.INITIAL_CHECKPOINT_PATH="'/ckpt/lm100k_{MODEL_SIZE}'" with --grid "MODEL_SIZE='small','xxl'".
 Results (each run's MODEL_DIR/eval/metrics.jsonl; rerun with another --metric to re-tabulate, no training):
-    a run's score is the best evaluation after step 0 (early stopping on the evaluated split, as the paper)
-    of --metric, a regular expression over the metric names whose matches are averaged per evaluation
-    (e.g. 'taskless_super_glue_cb_v102/(accuracy|mean_3class_f1)' is CB's SuperGLUE score).  Per point:
-    the mean and sample standard deviation (n-1) over repeats.  Written to <output_dir>/results.jsonl,
-    results.md (also printed) and results.png (the metric against --x, default the first grid key, one line
-    per setting of the other keys, error bars one standard deviation).
+    a run's result is --metric at its best evaluation after step 0 by --select (default --metric itself:
+    early stopping on the evaluated split, as the paper; for a transfer, select by the source's dev set).
+    Both are regular expressions over the metric names whose matches are averaged per evaluation (e.g.
+    'taskless_super_glue_cb_v102/(accuracy|mean_3class_f1)' is CB's SuperGLUE score).  Per point: the mean
+    and sample standard deviation (n-1) over repeats; --average KEY adds, per seed, the mean over KEY's
+    values (the SuperGLUE score over per-task gin files), then its mean and std over seeds.  Written to
+    <output_dir>/results.jsonl, results.md (also printed) and results.png (the metric against --x, one line
+    per setting of the other keys, error bars one standard deviation; the averages when --average is given).
 Every point's gin configuration is parsed before anything runs, so a misspelt key fails at once.
 """
 import argparse
+import ast
 import hashlib
 import itertools
 import json
@@ -132,9 +137,19 @@ class Run:
 
     def train_args(self, gin_files: Sequence[str], bindings: Sequence[str]) -> List[str]:
         files = list(gin_files) + [v for k, v in self.assignment if k == GIN_FILE_KEY]
-        args = [f"--gin_file={f}" for f in files] + [f"--gin.{b}" for b in bindings]
+        args = [f"--gin_file={f}" for f in files] + [f"--gin.{self.fill(b)}" for b in bindings]
         args += [f"--gin.{k}={v}" for k, v in self.assignment if k != GIN_FILE_KEY]
         return args + [f"--gin.MODEL_DIR={os.path.abspath(self.dir)!r}", f"--gin.SEED={self.seed}"]
+
+    def fill(self, binding: str) -> str:
+        """`{KEY}` -> this point's value of grid key KEY (a gin string without its quotes)."""
+        for key, value in self.assignment:
+            try:
+                plain = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                plain = value
+            binding = binding.replace("{" + key + "}", plain if isinstance(plain, str) else value)
+        return binding
 
     @property
     def done(self) -> bool:
@@ -208,62 +223,101 @@ def read_evaluations(model_dir: str) -> List[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def score_run(model_dir: str, metric: str) -> dict:
-    """{'best', 'best_step', 'last', 'keys'}: the best evaluation after step 0 of the mean of matching metrics."""
-    pattern = re.compile(metric)
+def _mean_of(record: dict, pattern: "re.Pattern") -> Optional[float]:
+    values = [record[k] for k in record if k != "step" and pattern.fullmatch(k)]
+    return float(np.mean(values)) if values else None
+
+
+def score_run(model_dir: str, metric: str, select: Optional[str] = None) -> dict:
+    """The run's result: --metric at its best evaluation after step 0 by --select (default: --metric).
+
+    A regex's matching metrics are averaged per evaluation.  Returns {'best', 'best_step', 'keys'}.
+    """
     path = os.path.join(model_dir, "eval", "metrics.jsonl")
     if not os.path.isfile(path):
         raise SweepError(f"{path}: no evaluations (set EVAL_PERIOD)")
-    scored, keys = [], set()
+    report, chooser = re.compile(metric), re.compile(select or metric)
     evaluations = read_evaluations(model_dir)
+    scored = []
     for record in evaluations:
-        matching = sorted(k for k in record if k != "step" and pattern.fullmatch(k))
-        if record["step"] > 0 and matching:
-            keys.update(matching)
-            scored.append((float(np.mean([record[k] for k in matching])), record["step"]))
+        value, rank = _mean_of(record, report), _mean_of(record, chooser)
+        if record["step"] > 0 and value is not None and rank is not None:
+            scored.append((rank, -record["step"], value, record))
     if not scored:
         available = sorted({k for r in evaluations for k in r if k != "step"})
-        raise SweepError(f"{path}: no evaluation after step 0 has a metric matching {metric!r} "
+        wanted = repr(metric) + (f" and {select!r}" if select else "")
+        raise SweepError(f"{path}: no evaluation after step 0 has metrics matching {wanted} "
                          f"(metrics: {', '.join(available) or 'none'})")
-    best, best_step = max(scored, key=lambda s: (s[0], -s[1]))  # ties: the earliest step
-    return {"best": best, "best_step": best_step, "last": scored[-1][0], "keys": sorted(keys)}
+    _, neg_step, value, record = max(scored, key=lambda s: s[:2])  # ties: the earliest step
+    keys = sorted(k for k in record if k != "step" and report.fullmatch(k))
+    return {"best": value, "best_step": -neg_step, "keys": keys}
 
 
-def summarise(runs: Sequence[Run], metric: str) -> List[dict]:
-    """One record per point (in grid order) over its finished runs."""
+def _stats(entry: dict) -> dict:
+    values = np.asarray(entry["best"], float)
+    entry["n"] = len(values)
+    entry["mean"] = float(values.mean()) if len(values) else None
+    entry["std"] = float(values.std(ddof=1)) if len(values) > 1 else None
+    return entry
+
+
+def summarise(runs: Sequence[Run], metric: str, select: Optional[str] = None) -> List[dict]:
+    """One record per point (in grid order) over its finished runs: values per seed, mean, sample std."""
     points: Dict[str, dict] = {}
     for run in runs:
         entry = points.setdefault(run.point, {"point": run.point, "assignment": dict(run.assignment),
-                                              "seeds": [], "best": [], "best_step": []})
+                                              "seeds": [], "best": [], "best_step": [], "metric": metric,
+                                              "select": select or metric})
         if not run.done:
             continue
-        scored = score_run(run.dir, metric)
+        scored = score_run(run.dir, metric, select)
         entry["seeds"].append(run.seed)
         entry["best"].append(scored["best"])
         entry["best_step"].append(scored["best_step"])
         entry["metrics"] = scored["keys"]
-    for entry in points.values():
-        values = np.asarray(entry["best"], float)
-        entry["n"] = len(values)
-        entry["mean"] = float(values.mean()) if len(values) else None
-        entry["std"] = float(values.std(ddof=1)) if len(values) > 1 else None
-        entry["metric"] = metric
-    return list(points.values())
+    return [_stats(e) for e in points.values()]
+
+
+def average_over(summary: Sequence[dict], key: str) -> List[dict]:
+    """Per setting of the other keys and per seed, the mean over `key`'s values (e.g. the SuperGLUE score
+    over the tasks, given as gin files); then mean and std over seeds.  A seed counts once all values ran."""
+    groups: Dict[tuple, dict] = {}
+    for entry in summary:
+        rest = tuple((k, v) for k, v in entry["assignment"].items() if k != key)
+        group = groups.setdefault(rest, {"values": set(), "by_seed": {}})
+        group["values"].add(entry["assignment"][key])
+        for seed, value in zip(entry["seeds"], entry["best"]):
+            group["by_seed"].setdefault(seed, []).append(value)
+    out = []
+    for rest, group in groups.items():
+        seeds = sorted(s for s, v in group["by_seed"].items() if len(v) == len(group["values"]))
+        out.append(_stats({"point": point_name(rest), "assignment": dict(rest), "averaged_over": key,
+                           "over": len(group["values"]), "seeds": seeds,
+                           "best": [float(np.mean(group["by_seed"][s])) for s in seeds], "best_step": None,
+                           "metric": summary[0]["metric"] if summary else None}))
+    return out
 
 
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def markdown(summary: Sequence[dict], keys: Sequence[str], metric: str) -> str:
-    header = list(keys) + ["runs", f"{metric} (best) mean", "std", "per seed (best step)"]
+def markdown(summary: Sequence[dict], keys: Sequence[str]) -> str:
+    header = list(keys) + ["runs", "mean", "std", "per seed" + ("" if summary and summary[0].get("averaged_over")
+                                                              else " (best step)")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in summary:
-        per_seed = ", ".join(f"{v:.2f} ({s})" for v, s in zip(entry["best"], entry["best_step"]))
+        steps = entry["best_step"] or [None] * len(entry["best"])
+        per_seed = ", ".join(f"{v:.2f}" + (f" ({s})" if s is not None else "") for v, s in zip(entry["best"], steps))
         cells = [entry["assignment"][k].replace("|", "\\|") for k in keys]
         cells += [str(entry["n"]), _fmt(entry["mean"]), _fmt(entry["std"]), per_seed or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def caption(metric: str, select: Optional[str]) -> str:
+    chosen = f"its best evaluation by {select}" if select and select != metric else "its best evaluation"
+    return (f"Each run: {metric} at {chosen} after step 0; mean and sample standard deviation over seeds.\n")
 
 
 def _number(value: str) -> Optional[float]:
@@ -311,15 +365,21 @@ def plot(summary: Sequence[dict], keys: Sequence[str], x_key: str, metric: str, 
     return path
 
 
-def write_results(output_dir: str, summary: Sequence[dict], keys: Sequence[str], x_key: str,
-                  metric: str) -> Dict[str, str]:
+def write_results(output_dir: str, summary: Sequence[dict], keys: Sequence[str], x_key: Optional[str],
+                  metric: str, select: Optional[str] = None, average_key: Optional[str] = None) -> Dict[str, str]:
+    """results.jsonl (every point, then the averages), results.md and results.png (the averages if any)."""
     paths = {k: os.path.join(output_dir, f"results.{k}") for k in ("jsonl", "md", "png")}
+    averaged = average_over(summary, average_key) if average_key else []
+    rest = [k for k in keys if k != average_key]
     with open(paths["jsonl"], "w") as f:
-        for entry in summary:
+        for entry in list(summary) + averaged:
             f.write(json.dumps(entry) + "\n")
     with open(paths["md"], "w") as f:
-        f.write(markdown(summary, keys, metric))
-    plot(summary, keys, x_key, metric, paths["png"])
+        f.write(caption(metric, select) + "\n" + markdown(summary, keys))
+        if average_key:
+            f.write(f"\nAveraged over {average_key} (per seed, then mean and std over seeds):\n\n")
+            f.write(markdown(averaged, rest))
+    plot(averaged or summary, rest if average_key else keys, x_key, metric, paths["png"])
     return paths
 
 
@@ -334,7 +394,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs per point, SEED = 0..repeats-1")
     parser.add_argument("--metric", required=True, help="regex over metric names, e.g. 'mytask/accuracy'")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--x", default=None, help="grid key on the plot's x axis (default: the first)")
+    parser.add_argument("--select", default=None, help="regex of the metric that picks each run's best "
+                        "evaluation (default: --metric); e.g. the source task's dev metric for a transfer")
+    parser.add_argument("--average", default=None, metavar="KEY",
+                        help="also average over this grid key's values per seed (e.g. gin_file over tasks)")
+    parser.add_argument("--x", default=None, help="grid key on the plot's x axis (default: the first other "
+                        "than --average)")
     parser.add_argument("--dry_run", action="store_true", help="print the runs' commands and stop")
     argv = list(sys.argv[1:] if argv is None else argv)
     bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
@@ -356,10 +421,16 @@ def _sweep(args, bindings: List[str], train_extra: List[str]) -> int:
             raise SweepError(f"--gin.{binding}: the sweep sets MODEL_DIR and SEED itself")
     grid = parse_grid(args.grid, args.grid_sep)
     keys = [k for k, _ in grid]
-    x_key = args.x or (keys[0] if keys else None)
-    if x_key is not None and x_key not in keys:
-        raise SweepError(f"--x {x_key}: not a grid key ({', '.join(keys)})")
-    re.compile(args.metric)
+    if args.average is not None and args.average not in keys:
+        raise SweepError(f"--average {args.average}: not a grid key ({', '.join(keys)})")
+    x_key = args.x or next((k for k in keys if k != args.average), None)
+    if x_key is not None and (x_key not in keys or x_key == args.average):
+        raise SweepError(f"--x {x_key}: not a grid key other than --average ({', '.join(keys)})")
+    for flag, pattern in (("--metric", args.metric), ("--select", args.select)):
+        try:
+            re.compile(pattern or "")
+        except re.error as e:
+            raise SweepError(f"{flag} {pattern!r}: not a regular expression ({e})") from None
     points = [list(zip(keys, values)) for values in itertools.product(*(v for _, v in grid))]
     # Seeds outer: every point runs once before any runs twice, so a sweep stopped early covers the grid.
     runs = [Run(args.output_dir, point, seed) for seed in range(args.repeats) for point in points]
@@ -397,8 +468,8 @@ def _sweep(args, bindings: List[str], train_extra: List[str]) -> int:
         failures += status != "done"
         print(f"{status} ({time.time() - start:.0f} s)", flush=True)
 
-    summary = summarise(runs, args.metric)
-    paths = write_results(args.output_dir, summary, keys, x_key, args.metric)
+    summary = summarise(runs, args.metric, args.select)
+    paths = write_results(args.output_dir, summary, keys, x_key, args.metric, args.select, args.average)
     print()
     print(open(paths["md"]).read(), end="")
     print(f"results: {paths['jsonl']}, {paths['md']}, {paths['png']}")
