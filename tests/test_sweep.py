@@ -54,7 +54,7 @@ def test_dry_run_commands(tmp_path, capsys):
     out_dir = tmp_path / "out"
     assert sweep.main(TINY + ["--grid", "PROMPT_LENGTH=1,5", "--grid", "PROMPT_INIT=@prompts.uniform(),"
                               "@prompt_init/prompts.sampled_vocab()", "--repeats", "2", f"--output_dir={out_dir}",
-                              "--dry_run"]) == 0
+                              "--gin_bindings", "Z_LOSS = 0.001", "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"sweep: 4 points x 2 repeats = 8 runs in {out_dir}"
     commands = lines[1:]
@@ -65,6 +65,7 @@ def test_dry_run_commands(tmp_path, capsys):
     assert first[-4:] == ["--gin.PROMPT_LENGTH=1", "--gin.PROMPT_INIT=@prompts.uniform()",
                           f"--gin.MODEL_DIR='{out_dir}/{sweep.point_name([('PROMPT_LENGTH', '1'), ('PROMPT_INIT', '@prompts.uniform()')])}/seed_0'",
                           "--gin.SEED=0"]
+    assert commands[0].startswith("python -m prompt_tuning.train --gin_file=runs/synthetic_second_letter.gin --gin.Z_LOSS = 0.001 ")
     assert [c.split()[-1] for c in commands] == ["--gin.SEED=0"] * 4 + ["--gin.SEED=1"] * 4  # seeds outer
 
 

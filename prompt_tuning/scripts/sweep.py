@@ -400,10 +400,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also average over this grid key's values per seed (e.g. gin_file over tasks)")
     parser.add_argument("--x", default=None, help="grid key on the plot's x axis (default: the first other "
                         "than --average)")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding 'KEY = VALUE' of "
+                        "every run (as --gin.KEY=VALUE)")
     parser.add_argument("--dry_run", action="store_true", help="print the runs' commands and stop")
     argv = list(sys.argv[1:] if argv is None else argv)
-    bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
     args, train_extra = parser.parse_known_args([a for a in argv if not a.startswith("--gin.")])
+    bindings = [b.strip() for b in args.gin_bindings] + [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
     try:
         return _sweep(args, bindings, train_extra)
     except SweepError as e:
