@@ -7,9 +7,14 @@ Importing this package registers every task and mixture with seqio:
   each also as taskless_<name> (no task-name word) and, for classification, <name>_rank;
   mixtures super_glue_v102_proportional, glue_v002_proportional, super_glue_wsc_and_dev_v102_simple.
   synthetic_pretrain and synthetic_second_letter (offline, for the main job; see synthetic.py).
+  mrqa_squad, mrqa_<out-of-domain set>, mrqa_squad_to_<set> and the mixture mrqa_squad_to_out_of_domain
+  (the paper's Table 1; see mrqa.py).
+  <task>_sentinel: every target prefixed with <extra_id_0> (the Figure 3 ablation; see sentinel.py).
 Data source (TFDS or official files) and vocabulary: see sources.py and vocab.py.
 """
 from prompt_tuning.tasks import glue  # noqa: F401
+from prompt_tuning.tasks import mrqa  # noqa: F401
+from prompt_tuning.tasks import sentinel  # noqa: F401
 from prompt_tuning.tasks import superglue  # noqa: F401
 from prompt_tuning.tasks import synthetic  # noqa: F401
 from prompt_tuning.tasks import transfer  # noqa: F401

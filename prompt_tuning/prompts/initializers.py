@@ -48,6 +48,14 @@ def _need_table(embedding_table, shape, what):
 
 
 @gin.configurable(module=GIN_MODULE)
+def byte_vocabulary():
+    """seqio's byte vocabulary, for class_labels / from_text on byte models (ByT5, the synthetic tiny T5):
+    prompt_init/prompts.class_labels.vocab = @prompts.byte_vocabulary()"""
+    import seqio
+    return seqio.ByteVocabulary()
+
+
+@gin.configurable(module=GIN_MODULE)
 def uniform(scale: float = 0.5) -> Initializer:
     """Uniform in [-scale, scale] (the paper's range; the original code drew from [0, scale))."""
     @_per_prompt
