@@ -24,9 +24,6 @@ having `qid`, `question` and `answers` (`detected_answers` is not used).  `.json
 <data_dir>[/mrqa]/{train,dev}/<Name>.jsonl[.gz].  A malformed line raises MalformedRowError naming file and
 line.
 """
-import gzip
-import json
-import zlib
 from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
@@ -65,18 +62,6 @@ SIGNATURE = {"qid": _STR, "question": _STR, "context": _STR, "answers": tf.Tenso
 # --------------------------------------------------------------------------------------- official files
 
 
-def _lines(path: str) -> Iterator[tuple]:
-    """(line number, text) of a .jsonl or .jsonl.gz file; a truncated or corrupt gzip names the line."""
-    opener = gzip.open if path.endswith(".gz") else open
-    lineno = 0
-    try:
-        with opener(path, "rt", encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                yield lineno, line
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-        raise MalformedRowError(path, lineno + 1, f"unreadable ({type(e).__name__}: {e})") from None
-
-
 def _field(row: dict, key: str, types, path: str, lineno: int, where: str = ""):
     if not isinstance(row, dict) or key not in row:
         raise MalformedRowError(path, lineno, f"missing field {where}{key!r}")
@@ -89,15 +74,9 @@ def read_mrqa_file(path: str, split: str = "") -> Iterator[dict]:
     """One example per question: {'qid', 'question', 'context', 'answers'}, stripped as TFDS strips them."""
     del split  # every MRQA file has the same layout
     seen_header = False
-    for lineno, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MalformedRowError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, row in official_files.jsonl_rows(path):
         if not seen_header:
-            if not isinstance(row, dict) or "header" not in row:
+            if "header" not in row:
                 raise MalformedRowError(path, lineno, "expected the MRQA header line {\"header\": {...}} first")
             seen_header = True
             continue

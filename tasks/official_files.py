@@ -5,8 +5,10 @@ Each reader yields examples with exactly the features, dtypes and values TFDS's 
 serve both sources.  A malformed row raises `MalformedRowError` naming the file and line.
 """
 import dataclasses
+import gzip
 import json
 import os
+import zlib
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,18 +43,30 @@ class FileSpec:
 # ------------------------------------------------------------------ SuperGLUE
 
 
-def _jsonl_rows(path: str) -> Iterator[Tuple[int, dict]]:
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MalformedRowError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise MalformedRowError(path, lineno, f"expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+def _lines(path: str) -> Iterator[Tuple[int, str]]:
+    """(line number, text) of a .jsonl or .jsonl.gz file; a truncated or corrupt gzip names the line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, start=1):
+                yield lineno, line
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise MalformedRowError(path, lineno + 1, f"unreadable ({type(e).__name__}: {e})") from None
+
+
+def jsonl_rows(path: str) -> Iterator[Tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a .jsonl(.gz) file; bad lines name file and line."""
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MalformedRowError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise MalformedRowError(path, lineno, f"expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
 
 
 def _get(row: dict, key: str, path: str, lineno: int, types=None):
@@ -83,7 +97,7 @@ def _class_index(label, classes: Sequence[str], path: str, lineno: int) -> int:
 def _superglue_simple(features: Sequence[str], classes: Sequence[str], int_features: Sequence[str] = (),
                       rekey_label: Optional[Callable] = None, fix: Optional[Callable] = None):
     def read(path: str, split: str) -> Iterator[dict]:
-        for lineno, row in _jsonl_rows(path):
+        for lineno, row in jsonl_rows(path):
             if "target" in row and isinstance(row["target"], dict):  # WSC keeps spans under 'target'
                 row = {**row, **row["target"]}
             ex = {}
@@ -135,7 +149,7 @@ def _fix_wsc(ex: dict) -> dict:
 
 
 def _read_multirc(path: str, split: str) -> Iterator[dict]:
-    for lineno, row in _jsonl_rows(path):
+    for lineno, row in jsonl_rows(path):
         passage = _get(row, "passage", path, lineno, dict)
         text = _get(passage, "text", path, lineno, str)
         p_idx = _get(row, "idx", path, lineno, int)
@@ -163,7 +177,7 @@ def _strings(values: Sequence[str]) -> np.ndarray:
 
 
 def _read_record(path: str, split: str) -> Iterator[dict]:
-    for lineno, row in _jsonl_rows(path):
+    for lineno, row in jsonl_rows(path):
         passage = _get(row, "passage", path, lineno, dict)
         text = _get(passage, "text", path, lineno, str)
         try:
