@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prompt_tuning.errors import UserError
+
 LogicalRules = Sequence[Tuple[str, Optional[str]]]
 
 # t5x's `standard_logical_axis_rules()` for 1-D data + 1-D model parallelism.
@@ -44,7 +46,7 @@ def make_mesh(model_parallel_size: int = 1, devices=None) -> Mesh:
     """
     devices = jax.devices() if devices is None else list(devices)
     if len(devices) % model_parallel_size:
-        raise ValueError(
+        raise UserError(
             f"model_parallel_size={model_parallel_size} does not divide the {len(devices)} devices")
     grid = np.asarray(devices).reshape(len(devices) // model_parallel_size, model_parallel_size)
     return Mesh(grid, ("data", "model"))

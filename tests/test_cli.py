@@ -94,7 +94,7 @@ def test_train_then_eval_then_infer(tiny_gin, tmp_path):
                               "--gin.CHECKPOINT_PERIOD=2", *TASK_FLAGS])
     config = (run / "config.gin").read_text()
     assert "TRAIN_STEPS = 4" in config and "MIXTURE_OR_TASK_NAME = 'pt_tiny_count'" in config
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]   # KEEP_CHECKPOINTS = 2
     train_accuracy = history.evals[-1]["pt_tiny_count/accuracy"]
 
     gin.clear_config()

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.errors import UserError, check_finite
+
 Initializer = Callable[[jax.Array, Sequence[int], Optional[jax.Array]], jax.Array]
 
 GIN_MODULE = "prompt_tuning.prompts"  # gin selectors read `prompts.uniform`, `prompts.PromptProcessor`, ...
@@ -23,7 +25,7 @@ SPECIAL_IDS = (0, 1, 2)
 
 def _check_rank(shape, what):
     if len(shape) not in (2, 3):
-        raise ValueError(f"{what}: prompt shape must be [length, embed] or [num_prompts, length, embed], "
+        raise UserError(f"{what}: prompt shape must be [length, embed] or [num_prompts, length, embed], "
                          f"got {tuple(shape)}")
 
 
@@ -41,9 +43,9 @@ def _per_prompt(init_one):
 
 def _need_table(embedding_table, shape, what):
     if embedding_table is None:
-        raise ValueError(f"{what} needs the model's embedding table; none was given")
+        raise UserError(f"{what} needs the model's embedding table; none was given")
     if embedding_table.shape[-1] != shape[-1]:
-        raise ValueError(f"{what}: embedding width {embedding_table.shape[-1]} != prompt width {shape[-1]}")
+        raise UserError(f"{what}: embedding width {embedding_table.shape[-1]} != prompt width {shape[-1]}")
     return jnp.asarray(embedding_table, jnp.float32)
 
 
@@ -78,7 +80,7 @@ def sampled_vocab(population_size: int = 5000, exclude_ids: Sequence[int] = SPEC
         excluded = set(int(i) for i in exclude_ids)
         population = np.array([i for i in range(min(population_size, table.shape[0])) if i not in excluded])
         if population.size == 0:
-            raise ValueError(f"sampled_vocab: no ids left to sample below population_size={population_size}")
+            raise UserError(f"sampled_vocab: no ids left to sample below population_size={population_size}")
         ids = jax.random.choice(rng, population, (shape[0],), replace=shape[0] > population.size)
         return table[ids]
     return sampled_vocab_init
@@ -94,7 +96,7 @@ def _encode(vocab, text: str, what: str):
         vocab = seqio.SentencePieceVocabulary(vocab, extra_ids=100)
     ids = list(vocab.encode(text))
     if not ids:
-        raise ValueError(f"{what}: {text!r} tokenizes to no ids")
+        raise UserError(f"{what}: {text!r} tokenizes to no ids")
     return ids
 
 
@@ -112,7 +114,7 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocab=None,
         label_ids = [_encode(vocab, label, "class_labels") for label in labels]
         table = _need_table(embedding_table, shape, "class_labels")
         if len(label_ids) > shape[0]:
-            raise ValueError(f"class_labels: {len(label_ids)} labels do not fit a prompt of length {shape[0]}")
+            raise UserError(f"class_labels: {len(label_ids)} labels do not fit a prompt of length {shape[0]}")
         rows = jnp.stack([table[jnp.asarray(ids)].mean(axis=0) for ids in label_ids])
         if len(label_ids) == shape[0]:
             return rows
@@ -129,7 +131,7 @@ def from_text(text: str = gin.REQUIRED, vocab=None, fallback: Optional[Initializ
         ids = _encode(vocab, text, "from_text")
         table = _need_table(embedding_table, shape, "from_text")
         if len(ids) > shape[0]:
-            raise ValueError(f"from_text: {text!r} has {len(ids)} tokens, more than prompt length {shape[0]}")
+            raise UserError(f"from_text: {text!r} has {len(ids)} tokens, more than prompt length {shape[0]}")
         if fallback is None:
             return table[jnp.asarray([ids[i % len(ids)] for i in range(shape[0])])]
         rows = table[jnp.asarray(ids)]
@@ -142,8 +144,8 @@ def from_text(text: str = gin.REQUIRED, vocab=None, fallback: Optional[Initializ
 def _checked(value, shape, source: str):
     value = np.asarray(value)
     if tuple(value.shape) != tuple(shape):
-        raise ValueError(f"prompt from {source} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    return jnp.asarray(value, jnp.float32)
+        raise UserError(f"prompt from {source} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    return jnp.asarray(check_finite(value, f"prompt from {source}"), jnp.float32)
 
 
 @gin.configurable(module=GIN_MODULE)

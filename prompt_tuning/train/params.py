@@ -7,6 +7,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from prompt_tuning import partitioning
+from prompt_tuning.errors import UserError
 from prompt_tuning.models import BaseModel
 
 PyTree = Any
@@ -50,6 +51,6 @@ def _matching(shardings, loaded):
     flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
     unknown = sorted(set(flat_loaded) - set(flat_sh))
     if unknown:
-        raise ValueError(f"checkpoint parameter {unknown[0]} is not in the model ({len(unknown)} such); "
+        raise UserError(f"checkpoint parameter {unknown[0]} is not in the model ({len(unknown)} such); "
                          "check the model gin file matches the checkpoint")
     return traverse_util.unflatten_dict({k: flat_sh[k] for k in flat_loaded}, sep="/")
