@@ -92,7 +92,7 @@ def _final(model_dir):
     return prompt, losses
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_prompt(gin_file, tmp_path):
+def test_kill_9_then_resume_gives_the_uninterrupted_prompt(gin_file, tmp_path, shared_compilation_cache):
     reference = tmp_path / "reference"
     _run_to_end(gin_file, reference)
     prompt, losses = _final(reference)
