@@ -12,23 +12,16 @@ import time
 import numpy as np
 import pytest
 
+from prompt_tuning.train import testing
+
 STEPS = 12
-GIN = """
-include 'models/t5_1_1_prompt.gin'
-include 'prompts/uniform.gin'
-include 'runs/prompt_finetune.gin'
-import prompt_tuning.train.testing
-network.Transformer.config = @testing.tiny_config()
-PROMPT_LENGTH = 3
-MIXTURE_OR_TASK_NAME = 'pt_tiny_count'
-TASK_FEATURE_LENGTHS = {'inputs': 12, 'targets': 4}
-BATCH_SIZE = 8
-TRAIN_STEPS = %d
+GIN = testing.TINY_RUN_GIN + f"""
+TRAIN_STEPS = {STEPS}
 EVAL_PERIOD = 0
 CHECKPOINT_PERIOD = 2
 DROPOUT_RATE = 0.1
 loop.train.log_every = 1
-""" % STEPS
+"""
 
 
 @pytest.fixture(scope="module")

@@ -167,24 +167,12 @@ def test_named_culprits():
 
 
 # ------------------------------------------------------------------------------------------ gin macros
-TINY_GIN = """
-include 'models/t5_1_1_prompt.gin'
-include 'prompts/uniform.gin'
-include 'runs/prompt_finetune.gin'
-import prompt_tuning.train.testing
-network.Transformer.config = @testing.tiny_config()
-PROMPT_LENGTH = 3
-MIXTURE_OR_TASK_NAME = 'pt_tiny_count'
-TASK_FEATURE_LENGTHS = {'inputs': 12, 'targets': 4}
-BATCH_SIZE = 8
-TRAIN_STEPS = 2
-"""
 
 
 @pytest.fixture(scope="module")
 def tiny_gin(tmp_path_factory):
     path = tmp_path_factory.mktemp("gin") / "tiny.gin"
-    path.write_text(TINY_GIN)
+    path.write_text(testing.TINY_RUN_GIN)
     return str(path)
 
 
