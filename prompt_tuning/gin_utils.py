@@ -58,7 +58,9 @@ def _type_ok(value, kind: str) -> bool:
 
 def default_search_paths() -> List[str]:
     try:
-        package_dir = str(importlib.resources.files("prompt_tuning.gin"))
+        # gin/ has no __init__.py: as a namespace package its files() is a MultiplexedPath, whose str() is
+        # "MultiplexedPath('...')", not a directory; a child's parent is the real one either way.
+        package_dir = str(importlib.resources.files("prompt_tuning.gin").joinpath("runs").parent)
     except ModuleNotFoundError:  # an editable install made before gin/ was mapped: the checkout's gin/
         package_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
     return [package_dir, os.getcwd()]
