@@ -65,7 +65,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           train_dataset_cfg: data.DatasetConfig = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None, eval_period: int = 0, eval_split: str = "validation",
           eval_num_examples: Optional[int] = None, eval_batch_size: Optional[int] = None,
-          eval_at_start: bool = False, model_parallel_size: int = 1,
+          eval_at_start: bool = False, model_parallel_size: int = 1, num_devices: Optional[int] = None,
           trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX, num_microbatches: int = 1,
           z_loss: float = 1e-4, loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
           frozen_dtype: Optional[str] = None, seed: int = 0, log_every: int = 10,
@@ -75,7 +75,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     early_stopping_patience > 0: stop when `early_stopping_metric` (default: the checkpointer's BEST_METRIC)
     has not improved for that many evaluations.
     """
-    mesh = partitioning.make_mesh(model_parallel_size)
+    mesh = partitioning.make_mesh(model_parallel_size, jax.devices()[:num_devices] if num_devices else None)
     lengths = dict(train_dataset_cfg.task_feature_lengths)
     trainer = setup.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed,
                                   trainable_regex=trainable_regex, num_microbatches=num_microbatches, z_loss=z_loss,
