@@ -114,12 +114,12 @@ def sharding_groups(plan: Plan) -> List[Dict[str, Any]]:
     return list(rows.values())
 
 
-def frozen_shard_shapes(plan: Plan) -> List[tuple]:
-    """Per-device shapes of the frozen leaves, and of one layer's slice of a scanned ('layers') leaf."""
+def shard_shapes(plan: Plan, tree) -> List[tuple]:
+    """Per-device shapes of these parameter leaves, and of one layer's slice of a scanned ('layers') leaf."""
     out = []
     specs = traverse_util.flatten_dict(params_lib.logical_specs(plan.trainer.model, plan.trainer.model.dummy_batch(
         plan.lengths)), sep="/")
-    for path, x in traverse_util.flatten_dict(plan.trainer.frozen, sep="/").items():
+    for path, x in traverse_util.flatten_dict(tree, sep="/").items():
         shape = tuple(x.sharding.shard_shape(x.shape))
         out.append(shape)
         if specs.get(path) and specs[path][0] == "layers":
@@ -157,9 +157,14 @@ def analyse(plan: Plan, phase: str, dump_dir: Optional[str] = None, largest: int
         out["largest_buffers"] = [v.describe() for v in assignment.largest(largest)]
         out["temp_value_bytes_by_dtype"] = assignment.temp_bytes_by_dtype()
         if phase == "train":
-            grads = xla_buffers.frozen_gradient_buffers(assignment, frozen_shard_shapes(plan))
+            grads = xla_buffers.frozen_gradient_buffers(assignment, shard_shapes(plan, plan.trainer.frozen))
             out["frozen_gradient_buffers"] = len(grads)
             out["frozen_gradient_examples"] = [v.describe() for v in grads[:3]]
+            # The same test over every weight matrix, trained or not: what full tuning's gradients look like.
+            matrices = {k: v for k, v in traverse_util.flatten_dict(plan.trainer.params_for_eval(plan.state),
+                                                                    sep="/").items() if "prompt" not in k}
+            out["weight_shaped_backward_buffers"] = len(xla_buffers.frozen_gradient_buffers(
+                assignment, shard_shapes(plan, traverse_util.unflatten_dict(matrices, sep="/"))))
     return out
 
 
@@ -200,6 +205,7 @@ def plan_run(num_devices: int, phases: Sequence[str] = PHASES, dump_dir: Optiona
     for key in ("per_device_total_bytes", "per_device_argument_bytes", "per_device_output_bytes",
                 "per_device_temp_bytes", "flops_per_step", "per_device_flops", "compile_seconds"):
         report[key] = main[key]
-    if "frozen_gradient_buffers" in main:
-        report["frozen_gradient_buffers"] = main["frozen_gradient_buffers"]
+    for key in ("frozen_gradient_buffers", "weight_shaped_backward_buffers"):
+        if key in main:
+            report[key] = main[key]
     return report
