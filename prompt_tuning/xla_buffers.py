@@ -112,6 +112,18 @@ def parse(assignment_text: str, values_text: str = "") -> BufferAssignment:
     return BufferAssignment(allocations, values)
 
 
+def xla_upcasts(assignment: BufferAssignment) -> List[Value]:
+    """float32 temporaries that XLA made by converting (no jax op names them: XLA:CPU computes bfloat16 dots
+    and reductions in float32, so it keeps float32 copies of bfloat16 weights and activations), one per shape."""
+    seen, out = set(), []
+    for v in sorted(assignment.values, key=lambda v: -v.size):
+        if (v.kind == "temp" and v.dtype == "f32" and "convert" in v.name and not v.op_name
+                and v.dims not in seen):
+            seen.add(v.dims)
+            out.append(v)
+    return out
+
+
 def find_dump(dump_dir: str, module_name: str) -> Optional[BufferAssignment]:
     """The newest buffer assignment of module `module_name` (e.g. 'jit__step') in `dump_dir`, or None."""
     paths = sorted(glob.glob(os.path.join(dump_dir, f"module_*.{module_name}.*buffer-assignment.txt")))

@@ -156,6 +156,12 @@ def analyse(plan: Plan, phase: str, dump_dir: Optional[str] = None, largest: int
     if assignment is not None:
         out["largest_buffers"] = [v.describe() for v in assignment.largest(largest)]
         out["temp_value_bytes_by_dtype"] = assignment.temp_bytes_by_dtype()
+        upcasts = xla_buffers.xla_upcasts(assignment)
+        out["xla_float32_copies"] = [v.describe() for v in upcasts[:6]]
+        # With bfloat16 switched on, an accelerator keeps these values in bfloat16 (no float32 copy); the
+        # figure below drops the copies as if all were live at once, so it brackets the accelerator's total.
+        out["xla_float32_copy_bytes"] = int(sum(v.size for v in upcasts))
+        out["per_device_total_bytes_without_float32_copies"] = int(max(0, total - out["xla_float32_copy_bytes"]))
         if phase == "train":
             grads = xla_buffers.frozen_gradient_buffers(assignment, shard_shapes(plan, plan.trainer.frozen))
             out["frozen_gradient_buffers"] = len(grads)
