@@ -55,6 +55,7 @@ class Plan:
     state: trainer_lib.TrainState
     batch: Dict[str, jax.ShapeDtypeStruct]
     lengths: Mapping[str, int]
+    logical_specs: Dict[str, Any]   # '/'-path -> the parameter's logical axes
 
     @property
     def mesh(self):
@@ -67,8 +68,9 @@ def build(model: BaseModel, lengths: Mapping[str, int], batch_size: int, mesh, *
     """The run's Trainer over abstract parameters (no weights), its abstract state and a batch's shapes."""
     dummy = model.dummy_batch(lengths)
     params, shardings = params_lib.abstract_params(model, dummy, mesh)
+    specs = traverse_util.flatten_dict(params_lib.logical_specs(model, dummy), sep="/")
     tx, schedule = optimizers.make_optimizer()
-    banks = setup.prompt_banks(model, dummy)
+    banks = setup.bank_paths(specs)
     if banks:
         tx = optimizers.per_array(tx, banks)
     trainer = trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, trainable_regex=trainable_regex,
@@ -78,7 +80,7 @@ def build(model: BaseModel, lengths: Mapping[str, int], batch_size: int, mesh, *
     state = _abstract(abstract_state, trainer.state_shardings(abstract_state))
     shapes = jax.eval_shape(lambda: model.dummy_batch(lengths, batch_size))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding) for k, v in shapes.items()}
-    return Plan(trainer, state, batch, dict(lengths))
+    return Plan(trainer, state, batch, dict(lengths), specs)
 
 
 def lower(plan: Plan, phase: str) -> jax.stages.Lowered:
@@ -116,9 +118,7 @@ def sharding_groups(plan: Plan) -> List[Dict[str, Any]]:
 
 def shard_shapes(plan: Plan, tree) -> List[tuple]:
     """Per-device shapes of these parameter leaves, and of one layer's slice of a scanned ('layers') leaf."""
-    out = []
-    specs = traverse_util.flatten_dict(params_lib.logical_specs(plan.trainer.model, plan.trainer.model.dummy_batch(
-        plan.lengths)), sep="/")
+    out, specs = [], plan.logical_specs
     for path, x in traverse_util.flatten_dict(tree, sep="/").items():
         shape = tuple(x.sharding.shard_shape(x.shape))
         out.append(shape)
