@@ -80,8 +80,12 @@ def print_report(report: dict, peak_tflops: float, memory_gib) -> None:
         p(f"{phase}: compiled in {r['compile_seconds']:.1f} s; per device arguments {_gib(r['per_device_argument_bytes'])}"
           f", outputs {_gib(r['per_device_output_bytes'])} (aliased {_gib(r['per_device_alias_bytes'])}), temporaries "
           f"{_gib(r['per_device_temp_bytes'])}, total {_gib(r['per_device_total_bytes'])}")
-        p(f"  {r['flops_per_step'] / 1e12:.2f} TFLOP per step ({r['per_device_flops'] / 1e12:.3f} per device): "
+        p(f"  {r['flops_per_step'] / 1e12:.2f} TFLOP of matmuls per step ({r['per_device_flops'] / 1e12:.3f} per "
+          f"device; XLA's cost analysis, loop bodies once: {r['xla_cost_analysis_flops_per_step'] / 1e12:.2f}): "
           f"{step_s * 1e3:.1f} ms per step at {peak_tflops:g} TFLOP/s per chip and 100% utilisation")
+        if r.get("xla_float32_copy_bytes"):
+            p(f"  float32 copies XLA:CPU made of bfloat16 values: {_gib(r['xla_float32_copy_bytes'])} (total without "
+              f"them {_gib(r['per_device_total_bytes_without_float32_copies'])}): " + "; ".join(r["xla_float32_copies"][:3]))
         if "frozen_gradient_buffers" in r:
             p(f"  frozen-weight-shaped backward buffers (a frozen gradient would be one): {r['frozen_gradient_buffers']}"
               + (f" e.g. {r['frozen_gradient_examples']}" if r["frozen_gradient_buffers"] else ""))
