@@ -83,6 +83,49 @@ def _cpu():
     return "\n".join(ln if not ln.startswith("Flags") else ln[:160] + " ..." for ln in lines)
 
 
+def _findings(latest):
+    def get(name):
+        r = latest.get(name)
+        return r["report"] if r and not r["returncode"] else None
+
+    def gib(p, key="per_device_total_bytes"):
+        return p[key] / GIB
+    out = []
+    for name, what in (("xxl-16-mp8-fit", "XXL prompt tuning, 16 devices"), ("xxl-32-mp16-fit", "XXL prompt tuning, 32 devices"),
+                       ("xxl-8-mp8-fit-mb4", "XXL prompt tuning, 8 devices (one v3-8), 4 microbatches"),
+                       ("xxl-8-mp8-fit", "XXL prompt tuning, 8 devices, no microbatches")):
+        p = get(name)
+        if p:
+            out.append(f"- {what}, batch 32: {gib(p):.2f} GiB per device compiled "
+                       f"({'fits' if gib(p) <= 16 else 'does not fit'} 16 GiB).")
+    a, b = get("xxl-16-mp8-fit"), get("xxl-16-mp8-f32")
+    if a and b:
+        out.append(f"- Cost of the fitting switches in FLOPs (XXL, 16 devices): {a['flops_per_step'] / 1e12:.0f} TFLOP of "
+                   f"matmuls per step with full remat against {b['flops_per_step'] / 1e12:.0f} without "
+                   f"({a['flops_per_step'] / b['flops_per_step']:.2f}x: the forward pass runs twice).")
+    a, b = get("xxl-8-mp8-fit-mb4"), get("xxl-8-mp8-fit")
+    if a and b:
+        out.append(f"- Microbatching is free in FLOPs: {a['flops_per_step'] / 1e12:.0f} against {b['flops_per_step'] / 1e12:.0f}"
+                   f" TFLOP per step with 4 and 1 microbatches; it cuts temporaries from {gib(b, 'per_device_temp_bytes'):.2f}"
+                   f" to {gib(a, 'per_device_temp_bytes'):.2f} GiB.")
+    for prompt, full in (("xxl-16-mp8-fit", "xxl-16-mp8-fit-full"), ("base-8-mp2", "base-8-mp2-full")):
+        a, b = get(prompt), get(full)
+        if a and b:
+            out.append(f"- Freezing saves ({prompt} vs full tuning): {gib(a):.2f} against {gib(b):.2f} GiB per device; "
+                       f"full tuning's step has {b.get('weight_shaped_backward_buffers')} backward buffers shaped like a "
+                       f"weight shard, prompt tuning's {a.get('weight_shaped_backward_buffers')}.")
+    out.append("- No frozen-weight gradient: for every prompt-tuning row, the `frozen-grad buffers` column counts the "
+               "values of XLA's buffer assignment (temporaries and outputs) made in the backward pass (jax names those "
+               "ops `transpose(jvp(...))`) whose shape is a frozen weight's per-device shard (or one layer's slice of a "
+               "scanned one). The same count over all weights finds the gradients of full tuning (above).")
+    out.append("- bfloat16 on XLA:CPU: the largest temporaries of the bfloat16 rows are float32 `convert`s that no jax op "
+               "asked for (e.g. a float32 copy of the scanned layers' saved bfloat16 inputs, float32 copies of the "
+               "bfloat16 weight stacks): XLA:CPU computes bfloat16 dots in float32. An accelerator keeps them in "
+               "bfloat16; the column `total without XLA:CPU's f32 copies` subtracts them (as if all were live at once, "
+               "so it is a lower bracket), the `total` column is the compiled figure.")
+    return out
+
+
 def render():
     results = [json.loads(ln) for ln in open(RESULTS)]
     latest = {r["name"]: r for r in results}
@@ -96,8 +139,9 @@ def render():
              "activation constraints (`ACTIVATION_PARTITIONING_DIMS=1`). Per device; total = arguments + "
              "outputs - aliased + temporaries.", "",
              "| plan | model | devices (data x model) | tuning | switches | arguments | temporaries | total | "
-             "fits 16 / 32 / 80 GiB | TFLOP/step | frozen-grad buffers | compile |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fits 16 / 32 / 80 GiB | total without XLA:CPU's f32 copies | matmul TFLOP/step | frozen-grad buffers "
+             "| compile |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in order:
         r = latest[name]
         if r["returncode"]:
@@ -114,8 +158,10 @@ def render():
             f"| {name} | {r['size']} | {p['num_devices']} ({p['data_parallel_size']} x {p['model_parallel_size']}) | "
             f"{tuning} | {switches} | {p['per_device_argument_bytes'] / GIB:.2f} GiB | "
             f"{p['per_device_temp_bytes'] / GIB:.2f} GiB | {total / GIB:.2f} GiB | {fits} | "
-            f"{p['flops_per_step'] / 1e12:.1f} | {p.get('frozen_gradient_buffers', '?')} | "
+            f"{p['phases']['train'].get('per_device_total_bytes_without_float32_copies', total) / GIB:.2f} GiB | "
+            f"{p['flops_per_step'] / 1e12:.0f} | {p.get('frozen_gradient_buffers', '?')} | "
             f"{p['compile_seconds']:.0f} s |")
+    lines += ["", "## Findings (computed from the rows above)", ""] + _findings(latest)
     lines += ["", "## Largest buffers (per device) and dtypes of the temporaries", ""]
     for name in order:
         r = latest[name]

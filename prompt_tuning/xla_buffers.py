@@ -141,4 +141,11 @@ def frozen_gradient_buffers(assignment: BufferAssignment, frozen_shapes: Sequenc
     for scanned layers, that of one layer's slice)."""
     shapes = {tuple(s) for s in frozen_shapes if len(s) >= 2}
     return [v for v in assignment.values
-            if v.kind in ("temp", "output") and v.backward and v.dims in shapes and v.dtype in ("f32", "bf16")]
+            if v.kind in ("temp", "output") and v.backward and v.dims in shapes and v.dtype in ("f32", "bf16")
+            and v.op_name.rsplit("/", 1)[-1] not in _READS]
+
+
+# Ops that only read or move a weight (the backward pass of scanned layers slices each layer's weights out of
+# the stack again): their results have a weight's shape but are no gradient.
+_READS = {"dynamic_slice", "slice", "convert_element_type", "broadcast_in_dim", "reshape", "copy", "squeeze",
+          "bitcast", "gather"}
