@@ -162,6 +162,22 @@ def render():
             f"{p['flops_per_step'] / 1e12:.0f} | {p.get('frozen_gradient_buffers', '?')} | "
             f"{p['compile_seconds']:.0f} s |")
     lines += ["", "## Findings (computed from the rows above)", ""] + _findings(latest)
+    lines += ["", "## What the grid covers and leaves out", "",
+              "Every size (base, large, xl, xxl) on 8, 16, 32 or 64 devices with model parallelism 1, 2, 4, 8 and 16 "
+              "(not every combination: a 2-core machine shared with other jobs compiled these, one plan at a time), "
+              "the 16-GiB targets (XXL on 8, 16 and 32 devices at batch 32), full tuning beside prompt tuning for "
+              "base (8 devices) and XXL (16 devices), 2-D parameter sharding for XXL, and XXL in float32 without "
+              "remat for the cost of the switches. Left out: the other (size, mesh) pairs, full tuning of large and "
+              "xl, the score and decode programs (`plan` compiles them by default; the grid passes `--phases=train`), "
+              "unrolled (unscanned) layers: scanning compiles one layer per stack, which keeps each XXL compile near a "
+              "minute here (the compile column; each plan process also spends ~20 s starting and tracing). "
+              "Full tuning's optimizer state is Adafactor's factored second moments, replicated (they are small); "
+              "its trainable weights stay float32 (FROZEN_DTYPE casts only frozen ones).", "",
+              "Why bfloat16 alone did not shrink the temporaries (the issue's table): without remat the step keeps "
+              "every layer's float32 attention probabilities (`float32_attention_logits`, t5x's default) and "
+              "residuals for the backward pass (xxl-16-mp8-f32's largest buffers: f32[24,16,8,612,612] stacks); full "
+              "remat keeps only each layer's bfloat16 input, and the rest of the bfloat16 rows' temporaries are "
+              "XLA:CPU's float32 copies (no jax op; see below)."]
     lines += ["", "## Largest buffers (per device) and dtypes of the temporaries", ""]
     for name in order:
         r = latest[name]

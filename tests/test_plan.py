@@ -83,3 +83,16 @@ def test_no_frozen_weight_gradient_buffer(reports):
         assert reports[name][0]["weight_shaped_backward_buffers"] == 0
     # The same check finds the weights' gradients when the whole model is trained.
     assert reports["full"][0]["weight_shaped_backward_buffers"] >= 18
+
+
+def test_matmul_flops_count_each_loop_iteration():
+    """XLA's cost analysis counts a while body once; hlo_flops counts it trip-count times."""
+    import jax
+    import jax.numpy as jnp
+    from prompt_tuning import hlo_flops
+
+    def f(w, x):
+        return jax.lax.scan(lambda c, wi: (jnp.tanh(c @ wi), None), x, w)[0].sum()
+    compiled = jax.jit(jax.grad(f)).lower(jax.ShapeDtypeStruct((6, 64, 64), jnp.float32),
+                                          jax.ShapeDtypeStruct((8, 64), jnp.float32)).compile()
+    assert hlo_flops.matmul_flops(compiled.as_text()) == 2 * 8 * 64 * 64 * 6 * 3   # forward + two backward dots
