@@ -73,7 +73,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     """Prompt-tunes `model` on the train split; evaluates every `eval_period` steps.
 
     early_stopping_patience > 0: stop when `early_stopping_metric` (default: the checkpointer's BEST_METRIC)
-    has not improved for that many evaluations.
+    has not improved for that many evaluations.  num_devices: the mesh takes the first N devices (None: all),
+    e.g. to resume a run on a smaller mesh (the prompt and its optimizer state restore onto any mesh).
     """
     mesh = partitioning.make_mesh(model_parallel_size, jax.devices()[:num_devices] if num_devices else None)
     lengths = dict(train_dataset_cfg.task_feature_lengths)
