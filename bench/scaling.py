@@ -45,7 +45,7 @@ GRID = [
     row("xl-8-mp4-fit", "xl", 8, 4, *FIT),
     row("xl-32-mp8-fit", "xl", 32, 8, *FIT),
     row("large-32-mp2-fit", "large", 32, 2, *FIT),
-    row("base-64-mp1-fit", "base", 64, 1, *FIT),
+    row("base-64-mp2-fit", "base", 64, 2, *FIT),
 ]
 
 
