@@ -137,8 +137,12 @@ def check_macros(cli_bindings: Sequence[str] = ()) -> None:
             raise GinConfigError(f"macro {name}={value!r} must be {kind}")
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
-    """Parses files then bindings (t5x order), checking macros; every failure is one GinConfigError line."""
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = (),
+              required_defaults: Sequence[str] = ()) -> None:
+    """Parses files then bindings (t5x order), checking macros; every failure is one GinConfigError line.
+
+    required_defaults: bindings 'NAME = VALUE' applied only to macros still gin.REQUIRED after parsing
+    (a compile-only plan needs no MODEL_DIR)."""
     for path in list(search_paths) + default_search_paths():
         if path:
             gin.add_config_file_search_path(path)
@@ -149,6 +153,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
     root.setLevel(logging.CRITICAL)  # gin logs "Path not found" for every search path it tries
     try:
         gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+        defined, _ = _macros()
+        unset = [b for b in required_defaults if _is_required(defined.get(b.split("=", 1)[0].strip()))]
+        if unset:
+            gin.parse_config(unset)
     except (ValueError, IOError, SyntaxError, KeyError) as e:
         raise GinConfigError(" ".join(str(e).split("\n")[0].split())) from None
     finally:
@@ -190,7 +198,8 @@ def write_config(model_dir: str, filename: str = "config.gin") -> str:
     return path
 
 
-def parse_cli(argv: Sequence[str], description: str, extra_flags=None) -> argparse.Namespace:
+def parse_cli(argv: Sequence[str], description: str, extra_flags=None,
+              required_defaults: Sequence[str] = ()) -> argparse.Namespace:
     """Shared CLI front: flags, multi-host initialisation, TFDS directory, gin files and bindings."""
     from prompt_tuning.train import multihost
     argv, cli_bindings = split_gin_args(argv)
@@ -208,7 +217,7 @@ def parse_cli(argv: Sequence[str], description: str, extra_flags=None) -> argpar
         seqio.set_tfds_data_dir_override(args.tfds_data_dir)
     search = [p for p in args.gin_search_paths.split(",") if p]
     try:
-        parse_gin(args.gin_file, list(args.gin_bindings) + cli_bindings, search)
+        parse_gin(args.gin_file, list(args.gin_bindings) + cli_bindings, search, required_defaults)
     except GinConfigError as e:
         raise SystemExit(f"gin error: {e}") from None
     return args

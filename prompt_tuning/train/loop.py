@@ -69,7 +69,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           train_dataset_cfg: data.DatasetConfig = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None, eval_period: int = 0, eval_split: str = "validation",
           eval_num_examples: Optional[int] = None, eval_batch_size: Optional[int] = None,
-          eval_at_start: bool = False, model_parallel_size: int = 1,
+          eval_at_start: bool = False, model_parallel_size: int = 1, num_devices: Optional[int] = None,
           trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX, num_microbatches: int = 1,
           z_loss: float = 1e-4, loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
           frozen_dtype: Optional[str] = None, seed: int = 0, log_every: int = 10,
@@ -81,9 +81,11 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     early_stopping_patience > 0: stop when `early_stopping_metric` (default: the checkpointer's BEST_METRIC)
     has not improved for that many evaluations.  on_nonfinite: 'stop' (a one-line error naming the step) or
     'skip' (keep the previous prompt for that step and count it).  max_truncated_share: refuse to train when
-    a larger share of a task's sampled inputs or targets is cut to TASK_FEATURE_LENGTHS.
+    a larger share of a task's sampled inputs or targets is cut to TASK_FEATURE_LENGTHS.  num_devices: the
+    mesh takes the first N devices (None: all), e.g. to resume a run on a smaller mesh (the prompt and its
+    optimizer state restore onto any mesh).
     """
-    mesh = partitioning.make_mesh(model_parallel_size)
+    mesh = partitioning.make_mesh(model_parallel_size, jax.devices()[:num_devices] if num_devices else None)
     lengths = dict(train_dataset_cfg.task_feature_lengths)
     rows = data.prompt_row_names(train_dataset_cfg)
     data.check_batch_size(train_dataset_cfg, mesh)

@@ -61,8 +61,12 @@ def build_trainer(model: BaseModel, task_feature_lengths: Mapping[str, int], mes
 
 def prompt_banks(model: BaseModel, batch) -> Tuple[str, ...]:
     """'/'-paths of the model's prompt banks: arrays whose leading logical axis is the bank's rows."""
-    specs = traverse_util.flatten_dict(params_lib.logical_specs(model, batch), sep="/")
-    return tuple(sorted(path for path, spec in specs.items() if spec and spec[0] == BANK_AXES[0]))
+    return bank_paths(traverse_util.flatten_dict(params_lib.logical_specs(model, batch), sep="/"))
+
+
+def bank_paths(flat_specs: Mapping[str, tuple]) -> Tuple[str, ...]:
+    """The prompt banks among '/'-paths -> logical axes (see `prompt_banks`)."""
+    return tuple(sorted(path for path, spec in flat_specs.items() if spec and spec[0] == BANK_AXES[0]))
 
 
 def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str],

@@ -43,6 +43,10 @@ def _replicated_tree(tree, mesh):
     return jax.tree_util.tree_map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
+def _is_abstract(tree) -> bool:
+    return all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(tree))
+
+
 def _subtree_like(tree, like):
     """The leaves of `tree` at the paths present in `like` (both nested dicts)."""
     flat = flax.traverse_util.flatten_dict(tree)
@@ -86,7 +90,10 @@ class Trainer:
         self.num_prompt_rows = rows.pop() if rows else 0
         self.trainable_shardings = _subtree_like(self.param_shardings, trainable)
         self.frozen_shardings = _subtree_like(self.param_shardings, frozen)
-        if self.frozen_dtype:
+        if self.frozen_dtype and _is_abstract(frozen):   # a compile-only plan (scripts/plan.py)
+            frozen = jax.tree_util.tree_map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, self.frozen_dtype, sharding=x.sharding), frozen)
+        elif self.frozen_dtype:
             frozen = jax.jit(lambda f: jax.tree_util.tree_map(lambda x: x.astype(self.frozen_dtype), f),
                              out_shardings=self.frozen_shardings)(frozen)
         self.frozen = frozen
@@ -178,7 +185,8 @@ class Trainer:
         if self._train_step is None:
             shardings = self.state_shardings(state)
             self._train_step = jax.jit(
-                self._step, in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
+                partitioning.constrained(self._step, self.mesh),
+                in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
                 out_shardings=(shardings, NamedSharding(self.mesh, PartitionSpec()),
                                NamedSharding(self.mesh, PartitionSpec())), donate_argnums=(1,))
         return self._train_step
@@ -256,7 +264,8 @@ class Trainer:
     def _jitted_score(self):
         if self._score is None:
             self._score = jax.jit(
-                self._score_rows, in_shardings=(self.frozen_shardings, self.trainable_shardings, self.batch_sharding),
+                partitioning.constrained(self._score_rows, self.mesh),
+                in_shardings=(self.frozen_shardings, self.trainable_shardings, self.batch_sharding),
                 out_shardings=NamedSharding(self.mesh, PartitionSpec()))
         return self._score
 
