@@ -8,6 +8,7 @@ import re
 from typing import Sequence
 
 import gin
+import jax
 from flax.core import freeze, unfreeze
 from t5x import adafactor
 
@@ -48,3 +49,22 @@ def standard_logical_factor_rules():
     rules = unfreeze(adafactor.standard_logical_factor_rules())
     rules.update(PROMPT_FACTOR_RULES)
     return freeze(rules)
+
+
+@gin.configurable(module="t5x_bridge")
+def masked_optax(optax_optimizer, regexes: Sequence[str]):
+    """An optax optimizer for t5x's `OptaxWrapper` that updates only the parameters `regexes` match.
+
+    t5x's MultiOptimizer cannot hold an optax state (it expects per-parameter dicts), so an optax optimizer
+    is masked inside optax instead: `optax_optimizer` on the trained leaves, zero updates on the rest.
+    (The frozen leaves still get gradients; t5x's own Adafactor under MultiOptimizer avoids even their state.)
+    """
+    import optax
+    keep = match_any(regexes)
+
+    def mask(params, trained=True):
+        # Same container types as params (FrozenDict under t5x), as optax.masked requires.
+        return jax.tree_util.tree_map_with_path(
+            lambda path, v: keep("/".join(str(getattr(k, "key", k)) for k in path), v) == trained, params)
+    return optax.chain(optax.masked(optax_optimizer, mask),
+                       optax.masked(optax.set_to_zero(), lambda params: mask(params, trained=False)))
