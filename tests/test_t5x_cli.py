@@ -27,9 +27,18 @@ TINY = parity.TINY_CHECKPOINT
 FULL_STATE_BYTES = 3_000_000  # the tiny model's parameters alone are 3.2 MB
 
 
+def _one_device_env():
+    """The CLIs as a user runs them on CPU: one device.  (conftest's 8 simulated devices: t5x's CPU mesh puts
+    them all on its 'model' axis, which the tiny model's 4 heads cannot be split over.)"""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
 def _run(command, log):
     with open(log, "w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=_one_device_env())
     if done.returncode:
         with open(log) as f:
             tail = f.read()[-3000:]
@@ -149,3 +158,19 @@ def test_t5x_train_and_prompt_tuning_train_agree_with_the_same_optimizer(tmp_pat
     ours_final, t5x_final = parity.project_prompt(ours, steps), parity.t5x_prompt(t5x_dir, steps)
     assert np.abs(ours_final - parity.project_prompt(ours, 1)).max() > 1e-3  # it trained
     np.testing.assert_allclose(t5x_final, ours_final, atol=1e-4, rtol=0)
+
+
+def test_every_encoder_decoder_model_has_a_t5x_cli_file_that_parses():
+    import gin
+    models = os.path.join(gin_dir(), "models")
+    ours = {f for f in os.listdir(models) if f.endswith("_prompt.gin")} - {"add_prompt.gin", "decoder_only_prompt.gin"}
+    t5x_cli = set(os.listdir(os.path.join(gin_dir(), "t5x_cli", "models"))) - {"prompt_model.gin",
+                                                                               "prompted_network.gin"}
+    assert t5x_cli == ours
+    for name in sorted(t5x_cli):
+        gin.clear_config()
+        gin.add_config_file_search_path(gin_dir())
+        gin.parse_config_files_and_bindings([f"t5x_cli/models/{name}"], ["INITIAL_CHECKPOINT_PATH = None",
+                                                                          "VOCABULARY = None"])
+        assert gin.query_parameter("%MODEL").selector.endswith("PromptEncoderDecoderModel"), name
+    gin.clear_config()
