@@ -14,6 +14,7 @@ from flax import traverse_util
 
 from prompt_tuning import models, partitioning
 from prompt_tuning.prompts.processor import PromptProcessor
+from prompt_tuning.scripts.demo import ASSET_CHECKPOINT
 from prompt_tuning.t5.config import T5Config
 from prompt_tuning.t5.network import Transformer
 from prompt_tuning.train import data, loop, optimizers, params as params_lib, setup, testing
@@ -23,7 +24,7 @@ LENGTHS = {"inputs": 12, "targets": 4}
 # Small, but every sharded axis divides 4 ('model' up to 4, 'data' up to 4): 4 heads, 2+2 layers.
 CONFIG = T5Config(vocab_size=264, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64, num_encoder_layers=2,
                   num_decoder_layers=2)
-ASSET = pathlib.Path(__file__).resolve().parents[1] / "prompt_tuning" / "assets" / "synthetic_t5_tiny"
+ASSET = ASSET_CHECKPOINT   # the shipped tiny t5x checkpoint
 
 
 def model_of(config=CONFIG, dropout=0.0):
