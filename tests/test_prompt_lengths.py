@@ -160,3 +160,39 @@ def test_peft_adapters_of_different_lengths_match_pefts_own_logits(tmp_path):
         base = peft_model.unload() if hasattr(peft_model, "unload") else peft_model.get_base_model()
         np.testing.assert_allclose(ours[index == k], theirs, atol=1e-4)
     np.testing.assert_allclose(ours[index == 1], ref["logits"], atol=1e-4)
+
+
+def test_rows_of_their_own_lengths_step_as_single_prompts():
+    """per_array with row_lengths: each row of a [3, 20, D] bank of lengths 1/5/20 takes exactly the Adafactor
+    steps (clipping and factored moments included) of its own [length, D] prompt; its padding stays put."""
+    import optax
+
+    from prompt_tuning.train import optimizers
+    tx = optimizers.adafactor(learning_rate=0.3, min_dim_size_to_factor=4, clipping_threshold=0.5)
+    width = 8
+    rows = _rows(width, seed=7)
+    bank = np.zeros((3, 20, width), np.float32)
+    for i, row in enumerate(rows):
+        bank[i, :len(row)] = row
+    banked = optimizers.per_array(tx, ["p"], {"p": LENGTHS})
+    coupled = optimizers.per_array(tx, ["p"])
+    params, plain = {"p": jnp.asarray(bank)}, {"p": jnp.asarray(bank)}
+    singles = [{"p": jnp.asarray(row)} for row in rows]
+    state, plain_state = banked.init(params), coupled.init(plain)
+    single_states = [tx.init(s) for s in singles]
+    rng = np.random.RandomState(8)
+    for _ in range(3):
+        grad = rng.randn(*bank.shape).astype(np.float32)
+        grad_bank = grad * (np.arange(20)[None, :, None] < np.asarray(LENGTHS)[:, None, None])  # padding: no grad
+        updates, state = jax.jit(banked.update)({"p": jnp.asarray(grad_bank)}, state, params)
+        params = optax.apply_updates(params, updates)
+        updates, plain_state = coupled.update({"p": jnp.asarray(grad_bank)}, plain_state, plain)
+        plain = optax.apply_updates(plain, updates)
+        for i, n in enumerate(LENGTHS):
+            updates, single_states[i] = tx.update({"p": jnp.asarray(grad[i, :n])}, single_states[i], singles[i])
+            singles[i] = optax.apply_updates(singles[i], updates)
+    for i, n in enumerate(LENGTHS):
+        np.testing.assert_allclose(params["p"][i, :n], singles[i]["p"], atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(params["p"][i, n:], 0.0)
+    # Stepping the padded rows whole (no row_lengths) is not the same: their padding enters the statistics.
+    assert np.abs(np.asarray(plain["p"][0, :1]) - np.asarray(singles[0]["p"])).max() > 1e-4
