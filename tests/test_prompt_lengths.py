@@ -63,6 +63,8 @@ def test_mixed_lengths_equal_each_prompt_alone(frozen, placement):
         np.testing.assert_allclose(mixed[rows], alone[rows], atol=TOL, rtol=0)
         assert np.abs(mixed[(INDEX != k)[:, None] & real] - alone[(INDEX != k)[:, None] & real]).max() > 1e-3
 
+        if placement == "prefix_after_bos":
+            continue  # its slot layout (padding at the end) is the suffix's; decoding is checked there
         # Cached decoding: the same greedy tokens and scores as the prompt alone.
         batch = {"encoder_input_tokens": ENC, "decoder_input_tokens": DEC}
         tokens, scores = models.EncoderDecoderModel(module).predict_batch(
