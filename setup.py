@@ -29,6 +29,9 @@ EXTRAS_REQUIRE = {
     # Only parity tests and the peer benchmark use these.  torch is always
     # pinned: an unpinned torch pulls a multi-GB CUDA build.
     "torch": ["torch==2.13.0", "transformers>=5,<6", "peft"],
+    # t5x's own CLI (gin/t5x_cli, prompt_tuning.t5x_bridge).  t5x itself is not on PyPI: install it from its
+    # source with --no-deps beside these (README: Training with t5x's own CLI); its other dependencies are ours.
+    "t5x": ["fiddle", "cached-property"],
 }
 
 setuptools.setup(

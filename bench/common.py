@@ -32,8 +32,13 @@ class Ours:
     batch: dict    # the W-small batch as global arrays on the trainer's mesh
 
 
-def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = False, remat: str = "none") -> Ours:
-    """The real Trainer on W-small (bf16: bfloat16 activations and, unless f32_frozen, frozen weights)."""
+def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = False, remat: str = "none",
+               model_tuning: bool = False) -> Ours:
+    """The real Trainer on W-small (bf16: bfloat16 activations and, unless f32_frozen, frozen weights).
+
+    model_tuning: every parameter trainable with runs/model_finetune.gin's optimizer (t5x's default Adafactor,
+    constant 1e-3) instead of the prompt with the paper's prompt-tuning Adafactor; same model, prompt and batch.
+    """
     import functools
 
     import jax
@@ -53,8 +58,14 @@ def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = Fal
     mesh = partitioning.make_mesh()
     batch = model.dummy_batch({"inputs": INPUT_LEN, "targets": TARGET_LEN}, batch_size=BATCH)
     params, shardings = tparams.init_params(model, batch, mesh, jax.random.PRNGKey(0))
+    if model_tuning:
+        lr, regex = 1e-3, ".*"
+        tx = optimizers.adafactor(learning_rate=lr, multiply_by_parameter_scale=True, weight_decay_rate=0.0)
+    else:
+        lr, regex = 0.3, optimizers.DEFAULT_TRAINABLE_REGEX
+        tx = optimizers.adafactor(learning_rate=lr)
     trainer = ttrainer.Trainer(model=model, params=params, param_shardings=shardings, mesh=mesh,
-                               optimizer=optimizers.adafactor(learning_rate=0.3), learning_rate_fn=lambda step: 0.3,
+                               optimizer=tx, learning_rate_fn=lambda step: lr, trainable_regex=regex,
                                num_microbatches=microbatches, frozen_dtype="bfloat16" if bf16 and not f32_frozen
                                else None, z_loss=1e-4)
     del params

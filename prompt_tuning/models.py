@@ -26,6 +26,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning import decoding, losses
+from prompt_tuning.errors import UserError
 from prompt_tuning.t5.decoder_only import DecoderOnly
 from prompt_tuning.t5.network import Transformer
 
@@ -63,7 +64,21 @@ class BaseModel:
             out["decoder_loss_weights"] = (out["decoder_target_tokens"] > 0).astype(jnp.int32)
         return out
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids must be below this (the embedding table's rows)."""
+        return self.module.config.vocab_size
+
+    @property
+    def token_features(self) -> Tuple[str, ...]:
+        return tuple(k for k in self.FEATURES if k.endswith("_tokens"))
+
     def model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
+        wanted = set(self.feature_converter().TASK_FEATURES)
+        missing = sorted(wanted - set(task_feature_lengths))
+        if missing:
+            raise UserError(f"TASK_FEATURE_LENGTHS={dict(task_feature_lengths)} lacks {missing}: this model "
+                            f"needs a length for each of {sorted(wanted)}")
         return dict(self.feature_converter().get_model_feature_lengths(dict(task_feature_lengths)))
 
     def dummy_batch(self, task_feature_lengths: Mapping[str, int], batch_size: int = 1) -> dict:
@@ -156,7 +171,7 @@ class BaseModel:
     def _predict_args(self, batch, method, num_decodes, temperature, topk, topp, alpha, max_decode_len, rng,
                       eos_id):
         if method not in DECODE_METHODS:
-            raise ValueError(f"predict_batch: unknown method {method!r}; use {', '.join(map(repr, DECODE_METHODS))}")
+            raise UserError(f"predict_batch: unknown method {method!r}; use {', '.join(map(repr, DECODE_METHODS))}")
         features = self.decoding_features(batch)
         if max_decode_len is None:
             max_decode_len = self.default_decode_len(batch)
@@ -255,7 +270,7 @@ class EncoderDecoderModel(BaseModel):
 
     def default_decode_len(self, batch: Batch) -> int:
         if "decoder_input_tokens" not in batch:
-            raise ValueError("predict_batch: pass max_decode_len or a batch with decoder_input_tokens")
+            raise UserError("predict_batch: pass max_decode_len or a batch with decoder_input_tokens")
         return int(np.shape(batch["decoder_input_tokens"])[1])
 
     def decoding_state(self, params, features, max_decode_len, num_decodes):

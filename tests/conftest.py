@@ -20,6 +20,22 @@ def shared_path(*parts):
     return path
 
 
+@pytest.fixture(scope="session")
+def subprocess_env(tmp_path_factory):
+    """The tests' environment plus a compilation cache shared by this session's subprocesses: CLI runs of one
+    configuration compile their programs once."""
+    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+@pytest.fixture
+def shared_compilation_cache(subprocess_env, monkeypatch):
+    """This process's environment set to `subprocess_env`'s cache, for subprocesses started without env=."""
+    for key in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+        monkeypatch.setenv(key, subprocess_env[key])
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fresh_gin_config():
     """No gin binding leaks from one test module into the next (e.g. a prompt injected into Transformer)."""

@@ -94,7 +94,7 @@ def test_train_then_eval_then_infer(tiny_gin, tmp_path):
                               "--gin.CHECKPOINT_PERIOD=2", *TASK_FLAGS])
     config = (run / "config.gin").read_text()
     assert "TRAIN_STEPS = 4" in config and "MIXTURE_OR_TASK_NAME = 'pt_tiny_count'" in config
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]   # KEEP_CHECKPOINTS = 2
     train_accuracy = history.evals[-1]["pt_tiny_count/accuracy"]
 
     gin.clear_config()
@@ -152,29 +152,29 @@ def test_python_dash_m_reaches_the_gin_config(cli, run_file, tmp_path):
         "gin error: missing required macro MIXTURE_OR_TASK_NAME: pass --gin.MIXTURE_OR_TASK_NAME=..."), result.stderr
 
 
-def test_decoder_only_trains_evaluates_and_decodes_through_the_clis(tmp_path):
-    """The prefix-LM model through the same three CLIs, each a real `python -m` process."""
-    import subprocess
-    import sys
+def test_decoder_only_trains_evaluates_and_decodes_through_the_clis(tmp_path, capsys):
+    """The prefix-LM model through the same three CLIs' mains (`python -m` itself is the test above)."""
+    from prompt_tuning import eval as eval_cli, infer as infer_cli
+    from prompt_tuning.train import __main__ as train_cli
     gin_file = tmp_path / "decoder_only.gin"
     gin_file.write_text(DECODER_ONLY_GIN)
     run = tmp_path / "run"
 
-    def cli(name, *flags):
-        result = subprocess.run([sys.executable, "-m", name, f"--gin_file={gin_file}", *flags, *TASK_FLAGS],
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
-    out = cli("prompt_tuning.train", "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{run}'",
+    def cli(main, *flags):
+        gin.clear_config()
+        capsys.readouterr()
+        main([f"--gin_file={gin_file}", *flags, *TASK_FLAGS])
+        return capsys.readouterr().out
+    out = cli(train_cli.main, "--gin_file=runs/prompt_finetune.gin", f"--gin.MODEL_DIR='{run}'",
               "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=4")
     assert "eval @ step 4: pt_tiny_count/accuracy=" in out
     prompt = np.load(run / "numpy_checkpoints" / "checkpoint_4" / "decoder.prompt.prompt.npy")
     assert prompt.shape == (3, 16)
-    out = cli("prompt_tuning.eval", "--gin_file=runs/prompt_eval.gin", f"--gin.MODEL_DIR='{tmp_path / 'eval'}'",
+    out = cli(eval_cli.main, "--gin_file=runs/prompt_eval.gin", f"--gin.MODEL_DIR='{tmp_path / 'eval'}'",
               f"--gin.PROMPT_CHECKPOINT_PATH='{run}'")
     eval_line = json.loads((run / "eval" / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"pt_tiny_count/accuracy: {eval_line['pt_tiny_count/accuracy']:.4f}" in out
-    cli("prompt_tuning.infer", "--gin_file=runs/prompt_infer.gin", "--gin_file=decoding/beam_search.gin",
+    cli(infer_cli.main, "--gin_file=runs/prompt_infer.gin", "--gin_file=decoding/beam_search.gin",
         "--gin.BEAM_SIZE=2", f"--gin.MODEL_DIR='{tmp_path / 'infer'}'", f"--gin.PROMPT_CHECKPOINT_PATH='{run}'")
     lines = [json.loads(x) for x in open(tmp_path / "infer" / "inference" / "pt_tiny_count-validation.jsonl")]
     assert len(lines) == 16 and all(set(x["inputs"]) <= set("ab") for x in lines)

@@ -13,14 +13,8 @@ from prompt_tuning.scripts.demo import ASSET_CHECKPOINT
 LABELS = "abcdefgh"  # synthetic_second_letter answers with one of these letters
 
 
-def _env(tmp_path_factory):
-    """The tests' environment plus a compilation cache shared by this session's training subprocesses."""
-    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
 @pytest.fixture(scope="module")
-def trained_prompt(tmp_path_factory):
+def trained_prompt(tmp_path_factory, subprocess_env):
     """A class-label prompt (position i = letter i) trained 20 steps by the training CLI: its final .npy."""
     model_dir = tmp_path_factory.mktemp("class_labels_run")
     labels = "[" + ",".join(repr(c) for c in LABELS) + "]"
@@ -30,7 +24,7 @@ def trained_prompt(tmp_path_factory):
            f"--gin.CLASS_LABELS={labels}", "--gin.prompt_init/prompts.class_labels.vocab=@prompts.byte_vocabulary()",
            "--gin.TRAIN_STEPS=20", "--gin.BATCH_SIZE=8", "--gin.EVAL_PERIOD=0", "--gin.CHECKPOINT_PERIOD=20",
            "--gin.loop.train.eval_at_start=False"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(tmp_path_factory))
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = sorted(int(d.split("_")[1]) for d in os.listdir(model_dir / "numpy_checkpoints"))
     assert steps[-1] == 20

@@ -147,12 +147,8 @@ def test_placeholders_take_the_points_value():
 
 
 @pytest.fixture
-def run_sweep(tmp_path_factory, monkeypatch, capsys):
-    """sweep.main in this process (its runs are training subprocesses); returns what it printed."""
-    # A compilation cache shared by the session's training subprocesses: the runs here share their shapes.
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "jax_cache"))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+def run_sweep(shared_compilation_cache, capsys):
+    """sweep.main in this process (its runs are training subprocesses, sharing compiled programs)."""
 
     def run(args):
         capsys.readouterr()

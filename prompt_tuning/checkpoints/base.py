@@ -10,6 +10,8 @@ from typing import Dict, Mapping, Optional, Tuple
 import jax
 import numpy as np
 
+from prompt_tuning.errors import UserError
+
 Shape = Tuple[int, ...]
 
 
@@ -64,10 +66,10 @@ class StackedLayers(ArraySource):
                 self.shapes[key] = source.shapes[key]
                 continue
             if set(members) != set(range(len(members))):
-                raise ValueError(f"{self.path}: cannot stack {key}: present only in layers {sorted(members)}")
+                raise UserError(f"{self.path}: cannot stack {key}: present only in layers {sorted(members)}")
             inner = {source.shapes[members[i]] for i in members}
             if len(inner) != 1:
-                raise ValueError(f"{self.path}: cannot stack {key}: layers have shapes {sorted(inner)}")
+                raise UserError(f"{self.path}: cannot stack {key}: layers have shapes {sorted(inner)}")
             self.shapes[key] = (len(members),) + inner.pop()
 
     def origin(self, key: str) -> str:
@@ -133,4 +135,4 @@ def check_shapes(source: ArraySource, expected: Mapping[str, Shape], shown: int 
             more = f"; ... {len(items) - shown} more" if len(items) > shown else ""
             parts.append(f"{len(items)} {kind}: " + "; ".join(items[:shown]) + more)
     if parts:
-        raise ValueError(f"checkpoint {source.path} does not match the model: " + " | ".join(parts))
+        raise UserError(f"checkpoint {source.path} does not match the model: " + " | ".join(parts))

@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from prompt_tuning.checkpoints.base import ArraySource
+from prompt_tuning.errors import UserError
 from prompt_tuning.t5.config import T5Config
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -72,14 +73,14 @@ def _open_safetensors(file: str) -> Dict[str, np.ndarray]:
         if name == "__metadata__":
             continue
         if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
+            raise UserError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
         arrays[name] = data[start:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
     return arrays
 
 
 def refuse_pickle(path: str) -> None:
-    raise ValueError(
+    raise UserError(
         f"{path} holds only pytorch_model.bin (a pickle, which this loader never opens); convert it once with "
         f"python -c \"import transformers as t; t.T5ForConditionalGeneration.from_pretrained('{path}')"
         f".save_pretrained('{path}', safe_serialization=True)\"")
@@ -91,12 +92,15 @@ def hf_config(raw: dict) -> Tuple[T5Config, bool]:
     4.x: `tie_word_embeddings` (default True) means 'tied head, outputs scaled by d_model**-0.5'.
     5.x records the scaling separately as `scale_decoder_outputs`.
     """
+    missing = [k for k in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers") if k not in raw]
+    if missing:
+        raise UserError(f"config.json lacks {', '.join(missing)} (not a complete T5 config)")
     proj = raw.get("feed_forward_proj", "relu")
     if proj not in _ACTIVATIONS:
-        raise ValueError(f"config.json: feed_forward_proj {proj!r} is not supported (known: {', '.join(_ACTIVATIONS)})")
+        raise UserError(f"config.json: feed_forward_proj {proj!r} is not supported (known: {', '.join(_ACTIVATIONS)})")
     eps = raw.get("layer_norm_epsilon", 1e-6)
     if abs(eps - 1e-6) > 1e-12:
-        raise ValueError(f"config.json: layer_norm_epsilon {eps} is not supported (T5 uses 1e-6)")
+        raise UserError(f"config.json: layer_norm_epsilon {eps} is not supported (T5 uses 1e-6)")
     scaled = raw.get("scale_decoder_outputs", raw.get("tie_word_embeddings", True))
     config = T5Config(
         vocab_size=raw["vocab_size"], emb_dim=raw["d_model"], num_heads=raw["num_heads"], head_dim=raw["d_kv"],
@@ -118,11 +122,18 @@ class HuggingFaceSource(ArraySource):
 
     def __init__(self, path: str):
         self.path = path
-        with open(os.path.join(path, "config.json")) as f:
-            raw = json.load(f)
+        config_file = os.path.join(path, "config.json")
+        with open(config_file) as f:
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{config_file}: not valid JSON ({e})") from None
         if raw.get("model_type", "t5") not in ("t5", "mt5"):
-            raise ValueError(f"{path}/config.json: model_type {raw.get('model_type')!r} is not a T5 model")
-        config, scaled = hf_config(raw)
+            raise UserError(f"{config_file}: model_type {raw.get('model_type')!r} is not a T5 model")
+        try:
+            config, scaled = hf_config(raw)
+        except ValueError as e:
+            raise UserError(f"{path}/{e}") from None
         self.tensors = self._tensors(path)
         self._map: Dict[str, Tuple[str, bool]] = {}  # t5x key -> (HF name, transpose)
         unknown = []
@@ -134,7 +145,7 @@ class HuggingFaceSource(ArraySource):
                 continue
             self._map[key] = (name, transpose)
         if unknown:
-            raise ValueError(f"{path}: unexpected tensors with no T5 counterpart: {', '.join(sorted(unknown))}")
+            raise UserError(f"{path}: unexpected tensors with no T5 counterpart: {', '.join(sorted(unknown))}")
         self._scale = 1.0
         head = self._map.get("decoder/logits_dense/kernel")
         tied = head is None or self._same(head[0], "shared.weight")

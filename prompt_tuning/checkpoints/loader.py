@@ -13,6 +13,7 @@ from prompt_tuning.checkpoints.huggingface import HuggingFaceSource, refuse_pick
 from prompt_tuning.checkpoints.infer_config import infer_config
 from prompt_tuning.checkpoints.t5x_legacy import LegacyT5xSource
 from prompt_tuning.checkpoints.t5x_orbax import OrbaxT5xSource, orbax_state_dir
+from prompt_tuning.errors import UserError
 from prompt_tuning.t5.config import T5Config, get_config
 
 
@@ -34,7 +35,7 @@ def detect_format(path: str) -> str:
             refuse_pickle(path)
     steps = sorted(f for f in os.listdir(path) if f.startswith("checkpoint_"))
     hint = f"; pick one of its step directories: {', '.join(steps)}" if steps else ""
-    raise ValueError(f"{path} is not a t5x checkpoint (no 'checkpoint' file or state/_METADATA) nor a Hugging Face "
+    raise UserError(f"{path} is not a t5x checkpoint (no 'checkpoint' file or state/_METADATA) nor a Hugging Face "
                      f"T5 directory (config.json + model.safetensors){hint}")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import tensorstore as ts
 
 from prompt_tuning.checkpoints.base import ArraySource, flatten
+from prompt_tuning.errors import UserError
 
 _EXT_NDARRAY, _EXT_NPSCALAR = 1, 3  # flax.serialization's msgpack extension codes
 
@@ -58,7 +59,7 @@ class LegacyT5xSource(ArraySource):
         else:  # a bare {'target': ...} state dict
             target = state.get("target")
         if not isinstance(target, dict):
-            raise ValueError(f"{index_file}: no 'optimizer/target' parameters (top-level keys {sorted(state)})")
+            raise UserError(f"{index_file}: no 'optimizer/target' parameters (top-level keys {sorted(state)})")
         leaves = flatten(target, is_leaf=_is_spec)
         self._inline: Dict[str, np.ndarray] = {}
         self._stores: Dict[str, ts.TensorStore] = {}
@@ -82,7 +83,7 @@ class LegacyT5xSource(ArraySource):
                         open=True, read=True).result()
         declared = spec.get("metadata", {}).get("shape")
         if declared is not None and tuple(declared) != tuple(store.shape):
-            raise ValueError(f"{key}: spec declares shape {tuple(declared)} but {local} holds {tuple(store.shape)}")
+            raise UserError(f"{key}: spec declares shape {tuple(declared)} but {local} holds {tuple(store.shape)}")
         return store
 
     def read(self, key: str, index: Tuple[slice, ...] = ()) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning.checkpoints.base import ArraySource, flatten, unflatten
+from prompt_tuning.errors import UserError
 
 
 def orbax_state_dir(path: str) -> Optional[str]:
@@ -32,7 +33,7 @@ class OrbaxT5xSource(ArraySource):
         self._checkpointer = ocp.PyTreeCheckpointer()
         tree = self._checkpointer.metadata(self.path).item_metadata.tree
         if "target" not in tree:
-            raise ValueError(f"{self.path}: no 'target' parameters (top-level keys {sorted(tree)})")
+            raise UserError(f"{self.path}: no 'target' parameters (top-level keys {sorted(tree)})")
         self._meta = flatten(tree["target"])
         self.shapes = {key: tuple(meta.shape) for key, meta in self._meta.items()}
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.checkpoint_io import read_prompt, read_prompt_bank
 from prompt_tuning.prompts.processor import PromptProcessor
@@ -58,7 +59,7 @@ def attach_prompt(module: nn.Module, params, prompt, placement: str = "prefix") 
     missing = [path for path in expected if path not in flat]
     if len(missing) != 1 or expected[missing[0]].shape != value.shape:
         got = {"/".join(p): expected[p].shape for p in missing}
-        raise ValueError(f"attach_prompt: expected one new parameter of shape {value.shape}, model adds {got}")
+        raise UserError(f"attach_prompt: expected one new parameter of shape {value.shape}, model adds {got}")
     leaf = jnp.asarray(value)
     sharding = getattr(next(iter(flat.values())), "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding):

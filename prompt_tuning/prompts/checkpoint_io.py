@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from prompt_tuning.checkpoints import open_checkpoint, runs
+from prompt_tuning.errors import UserError, check_finite
 from prompt_tuning.prompts.peft import is_peft_adapter, load_peft_prompt
 
 # Optimizer-state subtrees that also hold leaves named like parameters.
@@ -32,7 +33,7 @@ def _pick(paths, variable, where):
     if len(found) != 1:
         what = f"variable {variable!r}" if variable else "a single parameter named 'prompt'"
         listing = ", ".join("/".join(p) for p in found) or "none"
-        raise ValueError(f"{where}: expected {what}, found {len(found)} ({listing})")
+        raise UserError(f"{where}: expected {what}, found {len(found)} ({listing})")
     return found[0]
 
 
@@ -99,7 +100,7 @@ def read_prompt_checkpoint(path, variable: Optional[str] = None) -> np.ndarray:
         source = open_checkpoint(path)
         key = _pick({tuple(k.split("/")): k for k in source.shapes}, variable, path)
         return np.asarray(source.read("/".join(key)))
-    raise ValueError("; ".join(errors))
+    raise UserError("; ".join(errors))
 
 
 def read_prompt(prompt) -> np.ndarray:
@@ -116,10 +117,11 @@ def read_prompt(prompt) -> np.ndarray:
             value = read_prompt_checkpoint(path)
     else:
         raise TypeError(f"prompt must be an array or a path (.npy, PEFT adapter dir, checkpoint), got {type(prompt)}")
+    name = os.fspath(prompt) if isinstance(prompt, (str, os.PathLike)) else "array"
     if value.ndim not in (2, 3):
-        raise ValueError(f"prompt {prompt if isinstance(prompt, str) else ''} has shape {value.shape}; "
-                         "expected [length, embed] or [num_prompts, length, embed]")
-    return np.asarray(value, np.float32)
+        raise UserError(f"prompt {name} has shape {value.shape}; expected [length, embed] or "
+                        "[num_prompts, length, embed]")
+    return check_finite(np.asarray(value, np.float32), f"prompt {name}")
 
 
 def read_prompt_bank(sources: Sequence) -> Tuple[np.ndarray, Tuple[int, ...]]:
@@ -127,15 +129,15 @@ def read_prompt_bank(sources: Sequence) -> Tuple[np.ndarray, Tuple[int, ...]]:
     takes them; a source holding a bank gives all its rows).  Shorter rows are zero-padded at the end; the
     model masks those positions (`PromptProcessor.lengths`)."""
     if isinstance(sources, (str, os.PathLike, np.ndarray, jax.Array)) or not len(sources):
-        raise ValueError("read_prompt_bank takes a non-empty list of prompts (arrays, .npy, PEFT dirs, checkpoints)")
+        raise UserError("read_prompt_bank takes a non-empty list of prompts (arrays, .npy, PEFT dirs, checkpoints)")
     rows = []
     for source in sources:
         value = read_prompt(source)
         rows.extend(value if value.ndim == 3 else [value])
     widths = {row.shape[-1] for row in rows}
     if len(widths) != 1:
-        raise ValueError(f"prompts of a bank must share their embedding width; got widths {sorted(widths)} "
-                         f"(lengths x widths: {[row.shape for row in rows]})")
+        raise UserError(f"prompts of a bank must share their embedding width; got widths {sorted(widths)} "
+                        f"(lengths x widths: {[row.shape for row in rows]})")
     lengths = tuple(int(row.shape[0]) for row in rows)
     bank = np.zeros((len(rows), max(lengths), widths.pop()), np.float32)
     for i, row in enumerate(rows):

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.errors import UserError, check_finite
+
 Initializer = Callable[[jax.Array, Sequence[int], Optional[jax.Array]], jax.Array]
 
 GIN_MODULE = "prompt_tuning.prompts"  # gin selectors read `prompts.uniform`, `prompts.PromptProcessor`, ...
@@ -23,7 +25,7 @@ SPECIAL_IDS = (0, 1, 2)
 
 def _check_rank(shape, what):
     if len(shape) not in (2, 3):
-        raise ValueError(f"{what}: prompt shape must be [length, embed] or [num_prompts, length, embed], "
+        raise UserError(f"{what}: prompt shape must be [length, embed] or [num_prompts, length, embed], "
                          f"got {tuple(shape)}")
 
 
@@ -39,11 +41,35 @@ def _per_prompt(init_one):
     return init
 
 
+EMBEDDING_VARIABLE = "token_embedder/embedding"
+
+
+@functools.lru_cache(maxsize=4)
+def checkpoint_embedding(path: str, variable: str = EMBEDDING_VARIABLE) -> np.ndarray:
+    """The token embedding table [vocab, embed] of the checkpoint at `path` (t5x legacy / Orbax / Hugging Face).
+
+    Read when the prompt is initialised.  t5x's own CLI creates every parameter from scratch and restores the
+    frozen checkpoint afterwards, so there the table the network passes is still random: vocabulary-based
+    initializers given `embedding_checkpoint` read the real one here instead (the original project's
+    `prompts.t5x_load(INITIAL_CHECKPOINT_PATH, 'token_embedder/embedding')`).
+    """
+    from prompt_tuning.checkpoints.loader import open_checkpoint
+    source = open_checkpoint(path)
+    if variable not in source.shapes:
+        raise KeyError(f"{path}: no variable {variable!r}; it has e.g. {sorted(source.shapes)[:5]}")
+    return np.asarray(source.read(variable), np.float32)
+
+
+def _table(embedding_table, embedding_checkpoint):
+    """The checkpoint's table when one is named (see checkpoint_embedding), else the network's."""
+    return embedding_table if embedding_checkpoint is None else checkpoint_embedding(str(embedding_checkpoint))
+
+
 def _need_table(embedding_table, shape, what):
     if embedding_table is None:
-        raise ValueError(f"{what} needs the model's embedding table; none was given")
+        raise UserError(f"{what} needs the model's embedding table; none was given")
     if embedding_table.shape[-1] != shape[-1]:
-        raise ValueError(f"{what}: embedding width {embedding_table.shape[-1]} != prompt width {shape[-1]}")
+        raise UserError(f"{what}: embedding width {embedding_table.shape[-1]} != prompt width {shape[-1]}")
     return jnp.asarray(embedding_table, jnp.float32)
 
 
@@ -65,20 +91,21 @@ def uniform(scale: float = 0.5) -> Initializer:
 
 
 @gin.configurable(module=GIN_MODULE)
-def sampled_vocab(population_size: int = 5000, exclude_ids: Sequence[int] = SPECIAL_IDS) -> Initializer:
+def sampled_vocab(population_size: int = 5000, exclude_ids: Sequence[int] = SPECIAL_IDS,
+                  embedding_checkpoint: Optional[str] = None) -> Initializer:
     """Rows of the embedding table for ids drawn from the `population_size` most frequent tokens.
 
     SentencePiece ids are roughly frequency ordered, so "most frequent" = ids below
     `population_size` (special ids excluded).  Drawn without replacement unless the prompt is longer
-    than the population.
+    than the population.  embedding_checkpoint: read the table from this checkpoint (see checkpoint_embedding).
     """
     @_per_prompt
     def sampled_vocab_init(rng, shape, embedding_table=None):
-        table = _need_table(embedding_table, shape, "sampled_vocab")
+        table = _need_table(_table(embedding_table, embedding_checkpoint), shape, "sampled_vocab")
         excluded = set(int(i) for i in exclude_ids)
         population = np.array([i for i in range(min(population_size, table.shape[0])) if i not in excluded])
         if population.size == 0:
-            raise ValueError(f"sampled_vocab: no ids left to sample below population_size={population_size}")
+            raise UserError(f"sampled_vocab: no ids left to sample below population_size={population_size}")
         ids = jax.random.choice(rng, population, (shape[0],), replace=shape[0] > population.size)
         return table[ids]
     return sampled_vocab_init
@@ -94,25 +121,27 @@ def _encode(vocab, text: str, what: str):
         vocab = seqio.SentencePieceVocabulary(vocab, extra_ids=100)
     ids = list(vocab.encode(text))
     if not ids:
-        raise ValueError(f"{what}: {text!r} tokenizes to no ids")
+        raise UserError(f"{what}: {text!r} tokenizes to no ids")
     return ids
 
 
 @gin.configurable(module=GIN_MODULE)
 def class_labels(labels: Sequence[str] = gin.REQUIRED, vocab=None,
-                 fallback: Optional[Initializer] = None) -> Initializer:
+                 fallback: Optional[Initializer] = None, embedding_checkpoint: Optional[str] = None) -> Initializer:
     """Position i = mean embedding of label i's sub-tokens; later positions from `fallback`.
 
-    `fallback` defaults to `sampled_vocab()`.  Labels are tokenized when the prompt is initialised.
+    `fallback` defaults to `sampled_vocab(embedding_checkpoint=embedding_checkpoint)`.  Labels are tokenized
+    when the prompt is initialised.  embedding_checkpoint: see checkpoint_embedding (pass it to a given
+    fallback too).
     """
-    fallback = sampled_vocab() if fallback is None else fallback
+    fallback = sampled_vocab(embedding_checkpoint=embedding_checkpoint) if fallback is None else fallback
 
     @_per_prompt
     def class_labels_init(rng, shape, embedding_table=None):
         label_ids = [_encode(vocab, label, "class_labels") for label in labels]
-        table = _need_table(embedding_table, shape, "class_labels")
+        table = _need_table(_table(embedding_table, embedding_checkpoint), shape, "class_labels")
         if len(label_ids) > shape[0]:
-            raise ValueError(f"class_labels: {len(label_ids)} labels do not fit a prompt of length {shape[0]}")
+            raise UserError(f"class_labels: {len(label_ids)} labels do not fit a prompt of length {shape[0]}")
         rows = jnp.stack([table[jnp.asarray(ids)].mean(axis=0) for ids in label_ids])
         if len(label_ids) == shape[0]:
             return rows
@@ -122,14 +151,16 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocab=None,
 
 
 @gin.configurable(module=GIN_MODULE)
-def from_text(text: str = gin.REQUIRED, vocab=None, fallback: Optional[Initializer] = None) -> Initializer:
-    """The embeddings of `text`'s tokens; the rest cycles the text, or comes from `fallback` if given."""
+def from_text(text: str = gin.REQUIRED, vocab=None, fallback: Optional[Initializer] = None,
+              embedding_checkpoint: Optional[str] = None) -> Initializer:
+    """The embeddings of `text`'s tokens; the rest cycles the text, or comes from `fallback` if given.
+    embedding_checkpoint: see checkpoint_embedding."""
     @_per_prompt
     def from_text_init(rng, shape, embedding_table=None):
         ids = _encode(vocab, text, "from_text")
-        table = _need_table(embedding_table, shape, "from_text")
+        table = _need_table(_table(embedding_table, embedding_checkpoint), shape, "from_text")
         if len(ids) > shape[0]:
-            raise ValueError(f"from_text: {text!r} has {len(ids)} tokens, more than prompt length {shape[0]}")
+            raise UserError(f"from_text: {text!r} has {len(ids)} tokens, more than prompt length {shape[0]}")
         if fallback is None:
             return table[jnp.asarray([ids[i % len(ids)] for i in range(shape[0])])]
         rows = table[jnp.asarray(ids)]
@@ -142,8 +173,8 @@ def from_text(text: str = gin.REQUIRED, vocab=None, fallback: Optional[Initializ
 def _checked(value, shape, source: str):
     value = np.asarray(value)
     if tuple(value.shape) != tuple(shape):
-        raise ValueError(f"prompt from {source} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    return jnp.asarray(value, jnp.float32)
+        raise UserError(f"prompt from {source} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    return jnp.asarray(check_finite(value, f"prompt from {source}"), jnp.float32)
 
 
 @gin.configurable(module=GIN_MODULE)

@@ -15,6 +15,8 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from prompt_tuning.errors import UserError
+
 PLACEMENTS = ("prefix", "prefix_after_bos", "suffix")
 
 
@@ -38,7 +40,7 @@ def insertion_points(tokens, placement: str = "prefix", eos_id: int = 1):
         n = _lengths(tokens)
         last = jnp.take_along_axis(tokens, jnp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
         return (n - ((n > 0) & (last == eos_id))).astype(jnp.int32)
-    raise ValueError(f"unknown prompt placement {placement!r}; known: {', '.join(PLACEMENTS)}")
+    raise UserError(f"unknown prompt placement {placement!r}; known: {', '.join(PLACEMENTS)}")
 
 
 def _source_index(at, input_length: int, prompt_length: int, lengths=None, placement: str = "prefix"):

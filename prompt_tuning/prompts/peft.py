@@ -12,6 +12,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from prompt_tuning.errors import UserError
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 TENSOR = "prompt_embeddings"
@@ -27,15 +29,15 @@ def load_peft_prompt(path: str) -> np.ndarray:
     with open(config_path) as f:
         config = json.load(f)
     if config.get("peft_type") != "PROMPT_TUNING":
-        raise ValueError(f"{config_path}: peft_type is {config.get('peft_type')!r}, only PROMPT_TUNING is supported")
+        raise UserError(f"{config_path}: peft_type is {config.get('peft_type')!r}, only PROMPT_TUNING is supported")
     n, dim = int(config["num_virtual_tokens"]), config.get("token_dim")
     with safe_open(weights_path, "np") as f:
         if TENSOR not in f.keys():
-            raise ValueError(f"{weights_path}: no tensor {TENSOR!r} (has {sorted(f.keys())})")
+            raise UserError(f"{weights_path}: no tensor {TENSOR!r} (has {sorted(f.keys())})")
         table = f.get_tensor(TENSOR)
     rows = n * int(config.get("num_transformer_submodules") or 1)
     if table.ndim != 2 or table.shape[0] != rows or (dim is not None and table.shape[1] != dim):
-        raise ValueError(f"{weights_path}: {TENSOR} has shape {table.shape}, config implies [{rows}, {dim}]")
+        raise UserError(f"{weights_path}: {TENSOR} has shape {table.shape}, config implies [{rows}, {dim}]")
     return np.asarray(table[:n], np.float32)
 
 
@@ -48,7 +50,7 @@ def save_peft_prompt(path: str, prompt, *, task_type: str = "SEQ_2_SEQ_LM", num_
     """
     prompt = np.asarray(prompt, np.float32)
     if prompt.ndim != 2:
-        raise ValueError(f"PEFT export takes one prompt [length, embed], got shape {prompt.shape}")
+        raise UserError(f"PEFT export takes one prompt [length, embed], got shape {prompt.shape}")
     n, dim = prompt.shape
     submodules = 2 if task_type == "SEQ_2_SEQ_LM" else 1
     config = {

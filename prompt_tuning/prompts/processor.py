@@ -10,6 +10,7 @@ import flax.linen as nn
 import gin
 import jax.numpy as jnp
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.prompts import initializers, join
 from prompt_tuning.prompts.prompt import Prompt
 
@@ -18,10 +19,10 @@ def select_prompts(prompt, prompt_index, batch_size: int):
     """[B, P, D] prompts for a batch: broadcast one prompt, or pick bank rows by `prompt_index` [B]."""
     if prompt.ndim == 2:
         if prompt_index is not None:
-            raise ValueError("prompt_index was given but the prompt is a single [length, embed] prompt, not a bank")
+            raise UserError("prompt_index was given but the prompt is a single [length, embed] prompt, not a bank")
         return jnp.broadcast_to(prompt[None], (batch_size,) + prompt.shape)
     if prompt_index is None:
-        raise ValueError(f"a prompt bank of {prompt.shape[0]} prompts needs a per-example prompt_index [batch]")
+        raise UserError(f"a prompt bank of {prompt.shape[0]} prompts needs a per-example prompt_index [batch]")
     return jnp.take(prompt, jnp.asarray(prompt_index, jnp.int32), axis=0)
 
 

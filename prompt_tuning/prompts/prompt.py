@@ -4,6 +4,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.prompts import initializers
 
 PROMPT_AXES = ("prompt", "prompt_embed")
@@ -23,6 +24,9 @@ class Prompt(nn.Module):
 
     def prompt_param(self, embedding_table: jax.Array) -> jax.Array:
         """Create/fetch the parameter (call from a compact method); subclasses reuse it."""
+        if self.length < 1 or (self.num_prompts is not None and self.num_prompts < 1):
+            raise UserError(f"prompt length {self.length} x {self.num_prompts or 1} prompts: PROMPT_LENGTH (and a "
+                            "bank's size) must be at least 1")
         embed = embedding_table.shape[-1]
         shape = (self.length, embed) if self.num_prompts is None else (self.num_prompts, self.length, embed)
         axes = PROMPT_AXES if self.num_prompts is None else BANK_AXES

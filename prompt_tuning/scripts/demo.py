@@ -3,7 +3,7 @@
   python -m prompt_tuning.scripts.demo [--model_dir=DIR] [--no_control] [--gin.KEY=VALUE ...]
 
 Runs `python -m prompt_tuning.train --gin_file=runs/synthetic_second_letter.gin` on the tiny T5 the project
-pretrained itself (prompt_tuning/assets/synthetic_t5_tiny, frozen), evaluating the untrained prompt first.
+pretrained itself (prompt_tuning/assets/synthetic_t5_tiny/checkpoint_0, frozen), evaluating the untrained prompt first.
 As a control, the same prompt tuning then runs on a randomly initialised frozen model of the same shape:
 the prompt alone cannot make a random model name the right letter; it has to find the skill in the
 pretrained weights.
@@ -20,7 +20,7 @@ import gin
 from prompt_tuning.tasks import synthetic
 
 ASSET_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                                "synthetic_t5_tiny")
+                                "synthetic_t5_tiny", "checkpoint_0")  # t5x names a checkpoint checkpoint_<step>
 RUN_GIN = "runs/synthetic_second_letter.gin"
 METRIC = f"{synthetic.HELD_OUT_TASK}/accuracy"
 

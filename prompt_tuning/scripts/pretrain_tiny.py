@@ -1,7 +1,7 @@
 """Pretrains the tiny frozen T5 of the README's main job on `synthetic_pretrain` and saves it as a t5x
 Orbax checkpoint (`<out>/state`, parameters under 'target'), which `load_pretrained` reads like any other.
 
-  python -m prompt_tuning.scripts.pretrain_tiny --out=prompt_tuning/assets/synthetic_t5_tiny
+  python -m prompt_tuning.scripts.pretrain_tiny --out=prompt_tuning/assets/synthetic_t5_tiny/checkpoint_0
 
 Every parameter is trained here (full pretraining, Adam); prompt tuning later freezes all of them.
 The committed checkpoint was made by this command on 2 CPU cores (a few minutes).

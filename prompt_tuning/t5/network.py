@@ -200,19 +200,41 @@ class Transformer(nn.Module):
         """bool [B, L']: which encoded positions are real (prompt positions included)."""
         return self.encoder.mask(encoder_input_tokens, prompt_index=prompt_index)
 
-    def encode(self, encoder_input_tokens, enable_dropout=False, prompt_index=None):
+    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
+               enable_dropout=False, prompt_index=None):
         """Encoded sequence [B, L', emb] (after the final encoder norm)."""
+        refuse_packed(encoder_segment_ids=encoder_segment_ids, encoder_positions=encoder_positions)
         return self.encoder(encoder_input_tokens, deterministic=not enable_dropout, prompt_index=prompt_index)
 
     def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
                enable_dropout=False, decode=False, max_decode_length=None, prompt_index=None):
         """Float32 logits [B, T, vocab] given the encoder output; `decode=True` uses/extends the 'cache'."""
+        refuse_packed(encoder_segment_ids=encoder_segment_ids, decoder_segment_ids=decoder_segment_ids,
+                      decoder_positions=decoder_positions)
         return self.decoder(encoded, self.encoder_mask(encoder_input_tokens, prompt_index=prompt_index),
                             decoder_input_tokens, decoder_target_tokens, deterministic=not enable_dropout,
                             decode=decode, max_decode_length=max_decode_length)
 
     def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
-                 enable_dropout=False, decode=False, prompt_index=None):
-        encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout, prompt_index=prompt_index)
+                 encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+                 decoder_positions=None, enable_dropout=False, decode=False, max_decode_length=None,
+                 prompt_index=None):
+        # The keyword arguments t5x's models pass (segment ids, positions, max_decode_length) are accepted so
+        # t5x can drive this module; packed ones are refused (see refuse_packed).
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                              enable_dropout=enable_dropout, prompt_index=prompt_index)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                           enable_dropout=enable_dropout, decode=decode, prompt_index=prompt_index)
+                           encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                           enable_dropout=enable_dropout, decode=decode, max_decode_length=max_decode_length,
+                           prompt_index=prompt_index)
+
+
+def refuse_packed(**features):
+    """Packed batches (segment ids / positions, t5x's `pack=True`) are refused: the soft prompt is joined to
+    each row's one input, so several examples per row would share (and misplace) it.  t5x passes None for
+    these unless its DatasetConfig packs."""
+    given = sorted(name for name, value in features.items() if value is not None)
+    if given:
+        raise ValueError(f"packed inputs are not supported (got {', '.join(given)}): the soft prompt joins each "
+                         "row's single input; set pack=False in the DatasetConfig (runs/prompt_finetune.gin does)")

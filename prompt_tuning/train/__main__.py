@@ -5,7 +5,7 @@ from prompt_tuning import gin_utils
 
 def main(argv=None) -> dict:
     from prompt_tuning.train import loop
-    return gin_utils.run_cli(loop.train, argv, __doc__)
+    return gin_utils.run_cli(loop.train, argv, __doc__, config_filename=None)  # the loop writes it
 
 
 if __name__ == "__main__":

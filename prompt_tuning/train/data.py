@@ -11,6 +11,7 @@ Prompt banks (`DatasetConfig.prompt_rows`): 'per_task' gives every task of a mix
 going to every row, so each row sees exactly the stream of a single run (batches hold batch_size * N rows).
 """
 import dataclasses
+import logging
 from typing import Callable, Iterator, List, Mapping, Optional, Union
 
 import gin
@@ -21,6 +22,7 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from prompt_tuning import partitioning
+from prompt_tuning.errors import UserError
 
 PER_TASK = "per_task"
 PROMPT_INDEX = "prompt_index"
@@ -51,22 +53,79 @@ def prompt_row_names(cfg: DatasetConfig) -> Optional[List[str]]:
         return [task.name for task in seqio.get_subtasks(seqio.get_mixture_or_task(cfg.mixture_or_task_name))]
     if isinstance(cfg.prompt_rows, int) and cfg.prompt_rows > 0:
         return [f"{cfg.mixture_or_task_name}/prompt_{i}" for i in range(cfg.prompt_rows)]
-    raise ValueError(f"prompt_rows={cfg.prompt_rows!r}: use None, {PER_TASK!r} or an ensemble size >= 1")
+    raise UserError(f"prompt_rows={cfg.prompt_rows!r}: use None, {PER_TASK!r} or an ensemble size >= 1")
+
+
+def rows_per_example(cfg: DatasetConfig) -> int:
+    """Batch rows each example takes: N for an ensemble of N prompts, else 1."""
+    return cfg.prompt_rows if isinstance(cfg.prompt_rows, int) else 1
+
+
+def check_batch_size(cfg: DatasetConfig, mesh: Mesh) -> None:
+    """The batch's rows must split evenly over the mesh's data-parallel devices (and the processes)."""
+    rows, data_size = cfg.batch_size * rows_per_example(cfg), mesh.shape["data"]
+    if cfg.batch_size < 1 or rows % data_size:
+        prompts = f" x {rows_per_example(cfg)} prompts" if rows_per_example(cfg) > 1 else ""
+        raise UserError(f"BATCH_SIZE={cfg.batch_size}{prompts} is not divisible by the {data_size} data-parallel "
+                        f"devices ({mesh.size} devices / MODEL_PARALLEL_SIZE={mesh.shape['model']})")
+    local_batch_size(cfg.batch_size)
+
+
+def report_truncation(cfg: DatasetConfig, max_share: float = 1.0, num_examples: int = 1000) -> dict:
+    """How many of each task's first `num_examples` examples TASK_FEATURE_LENGTHS cuts, printed once per task.
+
+    Counts tokens as the model would get them (EOS included).  Raises UserError when a feature's share of cut
+    examples exceeds `max_share`.  Returns {task: {feature: (cut, seen)}}.
+    """
+    report = {}
+    for task in check_split(cfg.mixture_or_task_name, cfg.split):
+        try:
+            ds = task.get_dataset(None, split=cfg.split, shuffle=False, num_epochs=1, use_cached=cfg.use_cached)
+        except (ValueError, KeyError, TypeError) as e:   # a preprocessor that needs lengths, an unknown split
+            logging.info("truncation report skipped for %s: %s", task.name, e)
+            continue
+        counts = {k: [0, 0] for k in cfg.task_feature_lengths}
+        for ex in ds.take(num_examples).as_numpy_iterator():
+            for k, limit in cfg.task_feature_lengths.items():
+                if k in ex:
+                    counts[k][0] += int(len(ex[k]) > limit)
+                    counts[k][1] += 1
+        report[task.name] = {k: tuple(v) for k, v in counts.items()}
+        parts = [f"{k} cut to {cfg.task_feature_lengths[k]} tokens in {cut} of {seen} ({cut / max(seen, 1):.1%})"
+                 for k, (cut, seen) in report[task.name].items()]
+        if jax.process_index() == 0:
+            print(f"data: {task.name} ({cfg.split}, first {num_examples}): " + ", ".join(parts), flush=True)
+        for k, (cut, seen) in report[task.name].items():
+            if seen and cut / seen > max_share:
+                raise UserError(f"TASK_FEATURE_LENGTHS['{k}']={cfg.task_feature_lengths[k]} cuts {cut} of {seen} "
+                                f"examples of {task.name} ({cut / seen:.1%} > max_truncated_share={max_share}): "
+                                "raise the length")
+    return report
 
 
 def local_batch_size(global_batch_size: int, num_processes: Optional[int] = None) -> int:
     num_processes = num_processes or jax.process_count()
     if global_batch_size % num_processes:
-        raise ValueError(f"BATCH_SIZE={global_batch_size} is not divisible by the {num_processes} processes")
+        raise UserError(f"BATCH_SIZE={global_batch_size} is not divisible by the {num_processes} processes")
     return global_batch_size // num_processes
 
 
 def _check_name(name: str):
     try:
         return seqio.get_mixture_or_task(name)
-    except ValueError as e:
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture (import its "
-                         "module, e.g. prompt_tuning.tasks)") from e
+    except ValueError:
+        raise UserError(f"MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture (import its "
+                        "module, e.g. prompt_tuning.tasks)") from None
+
+
+def check_split(name: str, split: str) -> List[seqio.Task]:
+    """The tasks of task-or-mixture `name`, each of which must have `split`."""
+    tasks = seqio.get_subtasks(_check_name(name))
+    for task in tasks:
+        if split not in task.splits:
+            raise UserError(f"task {task.name} (of MIXTURE_OR_TASK_NAME={name!r}) has no split {split!r}; it has "
+                            f"{', '.join(task.splits)}")
+    return tasks
 
 
 def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, start_step: int = 0,
@@ -76,8 +135,8 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
     if shard_info is None:
         shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
     mixture_or_task = _check_name(cfg.mixture_or_task_name)
+    check_split(cfg.mixture_or_task_name, cfg.split)
     lengths = dict(cfg.task_feature_lengths)
-    prompt_rows = prompt_row_names(cfg)
     if cfg.prompt_rows == PER_TASK:
         # seqio's mixing, each task's examples converted with its own row.
         tasks = seqio.get_subtasks(mixture_or_task)
@@ -94,8 +153,8 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
             num_epochs=num_epochs, seed=cfg.seed, use_cached=cfg.use_cached, shard_info=shard_info,
             feature_converter=feature_converter())
     batch = local_batch_size(cfg.batch_size, shard_info.num_shards)
-    if prompt_rows is not None and cfg.prompt_rows != PER_TASK:  # an ensemble: every example to every row
-        n = len(prompt_rows)
+    if rows_per_example(cfg) > 1:  # an ensemble: every example to every row
+        n = rows_per_example(cfg)
         ds = ds.flat_map(lambda ex: tf.data.Dataset.range(n).map(
             lambda row: {**ex, PROMPT_INDEX: tf.cast(row, tf.int32)}))
         batch *= n

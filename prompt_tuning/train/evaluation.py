@@ -14,6 +14,7 @@ import numpy as np
 import seqio
 from jax.experimental import multihost_utils
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.models import BaseModel
 from prompt_tuning.train import data
 from prompt_tuning.train.trainer import Trainer, TrainState
@@ -65,6 +66,7 @@ class Evaluator:
                  output_dir: Optional[str] = None, decoding: Optional[dict] = None, eos_id: int = 1,
                  task_rows: Optional[Mapping[str, int]] = None):
         self.trainer, self.batch_size, self.output_dir, self.eos_id = trainer, batch_size, output_dir, eos_id
+        data.check_split(mixture_or_task_name, split)   # seqio would skip a task without it, silently
         self.decoding = decoding or decoding_options()
 
         def evaluator(name, row=None):
@@ -78,7 +80,7 @@ class Evaluator:
             tasks = [t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))]
             missing = sorted(set(tasks) - set(task_rows))
             if missing:
-                raise ValueError(f"{mixture_or_task_name}: tasks {missing} have no prompt-bank row "
+                raise UserError(f"{mixture_or_task_name}: tasks {missing} have no prompt-bank row "
                                  f"(the bank's rows: {sorted(task_rows, key=task_rows.get)})")
             self.evaluators = [evaluator(t, task_rows[t]) for t in tasks]
         self._max_decode_len = task_feature_lengths["targets"]

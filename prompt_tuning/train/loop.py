@@ -1,8 +1,11 @@
 """The training loop (t5x's `train.train`), configured by gin; `python -m prompt_tuning.train` calls it.
 
 TRAIN_STEPS counts prompt-tuning updates from 0 (the frozen model's own pretraining steps are not
-included, unlike t5x).  A run whose MODEL_DIR holds checkpoints resumes from the newest one: same step,
-same data position, same dropout rng, so interrupted and uninterrupted runs end with the same prompt.
+included, unlike t5x).  A run whose MODEL_DIR holds checkpoints resumes from the newest readable one: same
+step, same data position, same dropout rng, so interrupted and uninterrupted runs end with the same prompt.
+A resume is refused, before anything is written, when the configuration's run identity (identity.py) is not
+the checkpoint's: another MODEL_DIR starts a new run, `resume_despite_changes=True` continues deliberately
+(and then no earlier checkpoint is deleted).
 """
 import dataclasses
 import logging
@@ -12,9 +15,10 @@ from typing import Dict, List, Optional
 import gin
 import jax
 
-from prompt_tuning import losses, partitioning
+from prompt_tuning import gin_utils, losses, partitioning
+from prompt_tuning.errors import ResumeMismatchError, UserError
 from prompt_tuning.models import BaseModel
-from prompt_tuning.train import data, optimizers, setup, trainer as trainer_lib
+from prompt_tuning.train import data, identity as identity_lib, optimizers, setup, trainer as trainer_lib
 from prompt_tuning.train.checkpointing import Checkpointer
 from prompt_tuning.train.evaluation import Evaluator
 from prompt_tuning.train.observability import Progress, Writer, plot_curves
@@ -65,27 +69,44 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           train_dataset_cfg: data.DatasetConfig = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None, eval_period: int = 0, eval_split: str = "validation",
           eval_num_examples: Optional[int] = None, eval_batch_size: Optional[int] = None,
-          eval_at_start: bool = False, model_parallel_size: int = 1,
+          eval_at_start: bool = False, model_parallel_size: int = 1, num_devices: Optional[int] = None,
           trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX, num_microbatches: int = 1,
           z_loss: float = 1e-4, loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
           frozen_dtype: Optional[str] = None, seed: int = 0, log_every: int = 10,
-          early_stopping_metric: Optional[str] = None, early_stopping_patience: int = 0) -> TrainResult:
+          early_stopping_metric: Optional[str] = None, early_stopping_patience: int = 0,
+          on_nonfinite: str = "stop", resume_despite_changes: bool = False,
+          max_truncated_share: float = 1.0) -> TrainResult:
     """Prompt-tunes `model` on the train split; evaluates every `eval_period` steps.
 
     early_stopping_patience > 0: stop when `early_stopping_metric` (default: the checkpointer's BEST_METRIC)
-    has not improved for that many evaluations.
+    has not improved for that many evaluations.  on_nonfinite: 'stop' (a one-line error naming the step) or
+    'skip' (keep the previous prompt for that step and count it).  max_truncated_share: refuse to train when
+    a larger share of a task's sampled inputs or targets is cut to TASK_FEATURE_LENGTHS.  num_devices: the
+    mesh takes the first N devices (None: all), e.g. to resume a run on a smaller mesh (the prompt and its
+    optimizer state restore onto any mesh).
     """
-    mesh = partitioning.make_mesh(model_parallel_size)
+    mesh = partitioning.make_mesh(model_parallel_size, jax.devices()[:num_devices] if num_devices else None)
     lengths = dict(train_dataset_cfg.task_feature_lengths)
+    rows = data.prompt_row_names(train_dataset_cfg)
+    data.check_batch_size(train_dataset_cfg, mesh)
     trainer = setup.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed,
                                   trainable_regex=trainable_regex, num_microbatches=num_microbatches, z_loss=z_loss,
-                                  loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype)
-    checkpointer = Checkpointer(model_dir)
-    state, start = _restore_or_init(trainer, checkpointer, model_dir)
-    rows = data.prompt_row_names(train_dataset_cfg)
+                                  loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype,
+                                  on_nonfinite=on_nonfinite)
     _check_bank(trainer, rows)
+    identity = identity_lib.run_identity(trainer, train_dataset_cfg)
+    data.report_truncation(train_dataset_cfg, max_truncated_share)
+    checkpointer = Checkpointer(model_dir)
+    try:
+        state, start = _restore_or_init(trainer, checkpointer, model_dir, identity, train_steps,
+                                        resume_despite_changes)
+    except BaseException:
+        checkpointer.close()   # orbax's threads would otherwise bury the message at exit
+        raise
+    if jax.process_index() == 0:
+        gin_utils.write_config(model_dir)
     run = _Run(trainer, checkpointer, model_dir, train_dataset_cfg, lengths, start,
-               meta={"seed": seed, "batch_size": train_dataset_cfg.batch_size,
+               meta={"identity": identity, "seed": seed, "batch_size": train_dataset_cfg.batch_size,
                      "task": train_dataset_cfg.mixture_or_task_name, "prompt_rows": rows},
                evaluator=_evaluator(trainer, train_dataset_cfg, lengths, model_dir, eval_period or eval_at_start,
                                     eval_split, eval_num_examples, eval_batch_size),
@@ -100,20 +121,42 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     return run.result
 
 
-def _restore_or_init(trainer, checkpointer, model_dir):
+def _restore_or_init(trainer, checkpointer, model_dir, identity, train_steps, resume_despite_changes):
+    """(state, start step): the newest readable checkpoint of this same run, or a fresh state."""
+    def check(step, meta):
+        if step > train_steps:
+            raise UserError(f"TRAIN_STEPS={train_steps} is below step {step} of the checkpoint in {model_dir}: "
+                            "raise TRAIN_STEPS to continue it, or use a new MODEL_DIR")
+        saved = meta.get("identity")
+        if saved is None:
+            logging.warning("%s: checkpoint step %d records no run identity (an older version); continuing",
+                            model_dir, step)
+            return
+        diffs = identity_lib.differences(saved, identity)
+        if not diffs:
+            return
+        if not resume_despite_changes:
+            raise ResumeMismatchError(
+                f"MODEL_DIR={model_dir} holds another run (step {step}); it differs in " + "; ".join(diffs)
+                + ". Use a new MODEL_DIR for a new run, or --gin.RESUME_DESPITE_CHANGES=True to continue "
+                "this one deliberately")
+        logging.warning("continuing %s despite changes: %s", model_dir, "; ".join(diffs))
+        checkpointer.keep_everything()   # the earlier configuration's checkpoints stay
     abstract = trainer.abstract_state()
-    state, _ = checkpointer.restore_latest(abstract, trainer.state_shardings(abstract))
+    state, _ = checkpointer.restore_latest(abstract, trainer.state_shardings(abstract), check_meta=check)
     if state is None:
         return trainer.init_state(), 0
     start = int(jax.device_get(state.step))
     logging.info("resuming from step %d of %s", start, model_dir)
+    if start == train_steps and jax.process_index() == 0:
+        print(f"{model_dir} has already trained TRAIN_STEPS={train_steps} steps", flush=True)
     return state, start
 
 
 def _check_bank(trainer, rows) -> None:
     """A bank's size must be the rows the data gives it (PROMPT_BANK_SIZE against PROMPT_ROWS)."""
     if (rows is None) != (not trainer.num_prompt_rows) or (rows and len(rows) != trainer.num_prompt_rows):
-        raise ValueError(f"the model's prompt bank has {trainer.num_prompt_rows or 'no'} rows but the data gives "
+        raise UserError(f"the model's prompt bank has {trainer.num_prompt_rows or 'no'} rows but the data gives "
                          f"{len(rows) if rows else 'no'} prompt rows ({rows}): set PROMPT_BANK_SIZE to match "
                          "PROMPT_ROWS")
 
@@ -146,7 +189,12 @@ class _Run:
                     self.result.stop_reason = stopping.update(past["step"], past) or self.result.stop_reason
 
     def evaluate(self, state, step: int) -> Dict[str, float]:
+        self.trainer.check_health()   # a non-finite prompt is neither evaluated nor kept as best
         metrics = self.evaluator.evaluate(state, step)
+        for name, what in ((self.checkpointer.metric, "BEST_METRIC"), (self.stopping.metric, "the early-stopping metric")):
+            if metrics and name and name not in metrics:
+                raise UserError(f"{what} {name!r} is not a metric of this evaluation; it reports "
+                                f"{', '.join(sorted(metrics))}")
         if metrics:
             self.eval_writer.write(step, metrics)
             self.checkpointer.save_if_best(step, state, dict(self.meta, step=step), metrics)
@@ -164,10 +212,20 @@ class _Run:
                                                       start_step=start))
         progress = Progress(train_steps, start, self.cfg.batch_size)
         for step in range(start + 1, train_steps + 1):
-            state, metrics = self.trainer.train_step(state, data.to_global(next(batches), mesh))
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise UserError(f"MIXTURE_OR_TASK_NAME={self.cfg.mixture_or_task_name!r} split "
+                                f"{self.cfg.split!r} gave no batch of BATCH_SIZE={self.cfg.batch_size} examples "
+                                "(an empty or too small data file?)") from None
+            state, metrics = self.trainer.train_step(state, data.to_global(batch, mesh))
             self.result.step = step
+            if step % log_every == 0 or step == train_steps or self.checkpointer.due(step):
+                self.trainer.check_health()   # before anything of this step is logged or saved
             if step % log_every == 0 or step == train_steps:
                 scalars = trainer_lib.get_metrics(metrics)
+                if self.trainer.skipped_steps:
+                    scalars["skipped_nonfinite_steps"] = float(self.trainer.skipped_steps)
                 scalars.update(progress.report(step, scalars))
                 self.train_writer.write(step, scalars)
                 self.result.last_train = scalars
@@ -180,6 +238,7 @@ class _Run:
         return state
 
     def finish(self, state, train_steps: int, eval_period: int) -> None:
+        self.trainer.check_health()
         step = self.result.step
         if self.result.stop_reason:
             logging.info(self.result.stop_reason)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from prompt_tuning.errors import UserError
+
 Params = Mapping[str, Any]
 DEFAULT_TRAINABLE_REGEX = ".*prompt.*"
 
@@ -30,7 +32,7 @@ def split_params(params: Params, regex: str = DEFAULT_TRAINABLE_REGEX) -> Tuple[
     for path, value in _flat(params).items():
         (trainable if pattern.fullmatch(path) else frozen)[path] = value
     if not trainable:
-        raise ValueError(f"trainable_regex {regex!r} matches no parameter; "
+        raise UserError(f"trainable_regex {regex!r} matches no parameter; "
                          f"parameters are e.g. {sorted(_flat(params))[:5]}")
     return (traverse_util.unflatten_dict(trainable, sep="/"),
             traverse_util.unflatten_dict(frozen, sep="/"))
@@ -85,7 +87,7 @@ def learning_rate_schedule(base_learning_rate: float = 0.3, warmup_steps: int = 
         start = max(warmup_steps, 1)
         after = lambda step: base_learning_rate * (start / (step + start)) ** 0.5  # noqa: E731
     else:
-        raise ValueError(f"learning_rate_schedule.decay={decay!r}; use constant, linear, cosine or rsqrt")
+        raise UserError(f"learning_rate_schedule.decay={decay!r}; use constant, linear, cosine or rsqrt")
     if not warmup_steps:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, base_learning_rate, warmup_steps), after],
@@ -101,7 +103,7 @@ def make_optimizer(name: str = "adafactor", learning_rate=None) -> Tuple[optax.G
         schedule = optax.constant_schedule(schedule)
     factories = {"adafactor": adafactor, "adam": adam, "adamw": adam, "sgd": sgd}
     if name not in factories:
-        raise ValueError(f"make_optimizer.name={name!r}; known: {', '.join(factories)}")
+        raise UserError(f"make_optimizer.name={name!r}; known: {', '.join(factories)}")
     return factories[name](learning_rate=schedule), schedule
 
 

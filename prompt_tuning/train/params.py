@@ -7,6 +7,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 
 from prompt_tuning import partitioning
+from prompt_tuning.errors import UserError
 from prompt_tuning.models import BaseModel
 
 PyTree = Any
@@ -18,14 +19,29 @@ def logical_specs(model: BaseModel, batch: Mapping[str, Any]) -> PyTree:
     return nn.get_partition_spec(abstract)["params"]
 
 
-def param_shardings(model: BaseModel, batch: Mapping[str, Any], mesh: Mesh,
-                    rules=partitioning.STANDARD_RULES) -> PyTree:
-    """NamedShardings of every parameter from its logical axes."""
-    return partitioning.logical_to_sharding(logical_specs(model, batch), mesh, rules)
+def param_shardings(model: BaseModel, batch: Mapping[str, Any], mesh: Mesh, rules=None) -> PyTree:
+    """NamedShardings of every parameter from its logical axes: by `rules` when given, else by the
+    configured `partitioning.parameter_partitioning_dims` (1-D, or 2-D weight matrices)."""
+    if rules is not None:
+        return partitioning.logical_to_sharding(logical_specs(model, batch), mesh, rules)
+    return partitioning.param_sharding(logical_specs(model, batch), mesh)
+
+
+def abstract_params(model: BaseModel, batch: Mapping[str, Any], mesh: Mesh, rules=None) -> Tuple[PyTree, PyTree]:
+    """(params, shardings) as `init_params` gives them, but as `jax.ShapeDtypeStruct`s carrying their
+    shardings: nothing is allocated (compile-only plans of models of any size)."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
+    specs = nn.get_partition_spec(abstract)["params"]
+    shardings = (partitioning.logical_to_sharding(specs, mesh, rules) if rules is not None
+                 else partitioning.param_sharding(specs, mesh))
+    shapes = nn.unbox(abstract["params"])
+    params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                    shapes, shardings)
+    return params, shardings
 
 
 def init_params(model: BaseModel, batch: Mapping[str, Any], mesh: Mesh, rng: jax.Array,
-                loaded: Optional[PyTree] = None, rules=partitioning.STANDARD_RULES) -> Tuple[PyTree, PyTree]:
+                loaded: Optional[PyTree] = None, rules=None) -> Tuple[PyTree, PyTree]:
     """(params, shardings): `loaded` (the frozen checkpoint) with only the missing parameters initialised.
 
     `batch`: any batch of the run's shapes (`model.dummy_batch(task_feature_lengths)`).  With `loaded` None
@@ -50,6 +66,6 @@ def _matching(shardings, loaded):
     flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
     unknown = sorted(set(flat_loaded) - set(flat_sh))
     if unknown:
-        raise ValueError(f"checkpoint parameter {unknown[0]} is not in the model ({len(unknown)} such); "
+        raise UserError(f"checkpoint parameter {unknown[0]} is not in the model ({len(unknown)} such); "
                          "check the model gin file matches the checkpoint")
     return traverse_util.unflatten_dict({k: flat_sh[k] for k in flat_loaded}, sep="/")

@@ -7,10 +7,12 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from prompt_tuning import checkpoints, partitioning
+from prompt_tuning.errors import UserError, one_line
 from prompt_tuning.models import BaseModel
 from prompt_tuning.prompts.prompt import BANK_AXES
 from prompt_tuning.train import optimizers, params as params_lib, trainer as trainer_lib
@@ -24,7 +26,18 @@ def load_frozen(path: str, model: BaseModel, task_feature_lengths: Mapping[str, 
     abstract = jax.eval_shape(lambda: bare.init(jax.random.PRNGKey(0), batch))["params"]
     shapes = {"/".join(k): tuple(v.shape) for k, v in traverse_util.flatten_dict(nn.unbox(abstract)).items()}
     shardings = params_lib.param_shardings(bare, batch, mesh)
-    return checkpoints.read_arrays(path, shapes, shardings)
+    try:
+        loaded = checkpoints.read_arrays(path, shapes, shardings)
+    except (UserError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - TensorStore/orbax failures, translated to the checkpoint at fault
+        raise UserError(f"INITIAL_CHECKPOINT_PATH={path}: cannot read the frozen model ({one_line(e)})") from None
+    finite = jax.device_get(jax.jit(lambda t: jax.tree_util.tree_map(lambda x: jnp.all(jnp.isfinite(x)), t))(loaded))
+    bad = [k for k, ok in traverse_util.flatten_dict(finite, sep="/").items() if not ok]
+    if bad:
+        raise UserError(f"INITIAL_CHECKPOINT_PATH={path}: {bad[0]} holds non-finite values (NaN or inf)"
+                        + (f", and {len(bad) - 1} more arrays" if len(bad) > 1 else ""))
+    return loaded
 
 
 def build_trainer(model: BaseModel, task_feature_lengths: Mapping[str, int], mesh, *,
@@ -48,8 +61,12 @@ def build_trainer(model: BaseModel, task_feature_lengths: Mapping[str, int], mes
 
 def prompt_banks(model: BaseModel, batch) -> Tuple[str, ...]:
     """'/'-paths of the model's prompt banks: arrays whose leading logical axis is the bank's rows."""
-    specs = traverse_util.flatten_dict(params_lib.logical_specs(model, batch), sep="/")
-    return tuple(sorted(path for path, spec in specs.items() if spec and spec[0] == BANK_AXES[0]))
+    return bank_paths(traverse_util.flatten_dict(params_lib.logical_specs(model, batch), sep="/"))
+
+
+def bank_paths(flat_specs: Mapping[str, tuple]) -> Tuple[str, ...]:
+    """The prompt banks among '/'-paths -> logical axes (see `prompt_banks`)."""
+    return tuple(sorted(path for path, spec in flat_specs.items() if spec and spec[0] == BANK_AXES[0]))
 
 
 def prompt_row_lengths(model: BaseModel, banks: Tuple[str, ...]) -> Dict[str, Tuple[int, ...]]:
@@ -74,13 +91,13 @@ def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str],
 
     def place(value, like, sharding):
         if tuple(value.shape) != tuple(like.shape):
-            raise ValueError(f"trainable array of shape {value.shape}, the model wants {like.shape}")
+            raise UserError(f"trainable array of shape {value.shape}, the model wants {like.shape}")
         value = np.asarray(value, like.dtype)
         return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
     try:
         trainable = jax.tree_util.tree_map(place, loaded, state.trainable, trainer.trainable_shardings)
     except ValueError as e:
-        raise ValueError(f"{path}: checkpoint does not match the model's trainable params ({e})") from None
+        raise UserError(f"{path}: checkpoint does not match the model's trainable params ({e})") from None
     return state.replace(trainable=trainable)
 
 
@@ -96,7 +113,7 @@ def load_for_eval(model: BaseModel, task_feature_lengths: Mapping[str, int], *, 
     if prompt_checkpoint_path and trainer.num_prompt_rows:
         names = read_meta(prompt_checkpoint_path).get("prompt_rows")
         if not names or len(names) != trainer.num_prompt_rows:
-            raise ValueError(f"{prompt_checkpoint_path}: the model has a bank of {trainer.num_prompt_rows} prompts "
+            raise UserError(f"{prompt_checkpoint_path}: the model has a bank of {trainer.num_prompt_rows} prompts "
                              f"but the checkpoint names rows {names}")
         rows = {name: i for i, name in enumerate(names)}
     return trainer, restore_trainable(trainer, prompt_checkpoint_path), rows

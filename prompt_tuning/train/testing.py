@@ -10,6 +10,19 @@ TINY_TASK = "pt_tiny_count"
 TINY_SCORE_TASK = "pt_tiny_count_score"
 VOCAB = seqio.ByteVocabulary()
 OUTPUT_FEATURES = {"inputs": seqio.Feature(VOCAB, add_eos=True), "targets": seqio.Feature(VOCAB, add_eos=True)}
+# A whole training configuration on the tiny model and task, for CLI runs in tests (MODEL_DIR still to set).
+TINY_RUN_GIN = """
+include 'models/t5_1_1_prompt.gin'
+include 'prompts/uniform.gin'
+include 'runs/prompt_finetune.gin'
+import prompt_tuning.train.testing
+network.Transformer.config = @testing.tiny_config()
+PROMPT_LENGTH = 3
+MIXTURE_OR_TASK_NAME = 'pt_tiny_count'
+TASK_FEATURE_LENGTHS = {'inputs': 12, 'targets': 4}
+BATCH_SIZE = 8
+TRAIN_STEPS = 2
+"""
 
 
 def tiny_examples(split: str, n: int = 64, seed: int = 0):

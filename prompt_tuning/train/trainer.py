@@ -5,8 +5,14 @@ parameters are a separate, never-donated argument of the step.  Gradients are
 taken with respect to the trainable subtree alone, accumulated over
 microbatches with `lax.scan`, and normalised once for the whole batch, so a
 run with M microbatches takes the same step as one with 1.
+
+Health: the compiled step also reports whether its loss and gradient were finite and the largest token id
+of its batch.  These stay on the device until `check_health` (called by the loop at every logging, eval and
+checkpoint point) reads all steps since the last check at once: no host sync per step, and no checkpoint is
+written before the steps it holds were checked.
 """
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
@@ -17,11 +23,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_tuning import losses, partitioning
+from prompt_tuning.errors import NonFiniteError, UserError
 from prompt_tuning.models import BaseModel
 from prompt_tuning.train import optimizers
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
+ON_NONFINITE = ("stop", "skip")   # stop: one-line error naming the step; skip: keep the old state, count it
 
 
 @flax.struct.dataclass
@@ -33,6 +41,10 @@ class TrainState:
 
 def _replicated_tree(tree, mesh):
     return jax.tree_util.tree_map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
+
+
+def _is_abstract(tree) -> bool:
+    return all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(tree))
 
 
 def _subtree_like(tree, like):
@@ -66,23 +78,31 @@ class Trainer:
     # gradient is normalised by its own examples' tokens (and the optimizer should be
     # `optimizers.per_array(tx, row_arrays)`), so every row steps exactly as the single prompt it stands for.
     row_arrays: Tuple[str, ...] = ()
+    on_nonfinite: str = "stop"
 
     def __post_init__(self, params):
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise UserError(f"on_nonfinite={self.on_nonfinite!r}: use one of {ON_NONFINITE}")
         trainable, frozen = optimizers.split_params(params, self.trainable_regex)
         rows = {flax.traverse_util.flatten_dict(trainable, sep="/")[p].shape[0] for p in self.row_arrays}
         if len(rows) > 1:
-            raise ValueError(f"prompt banks {self.row_arrays} have different numbers of rows {sorted(rows)}")
+            raise UserError(f"prompt banks {self.row_arrays} have different numbers of rows {sorted(rows)}")
         self.num_prompt_rows = rows.pop() if rows else 0
         self.trainable_shardings = _subtree_like(self.param_shardings, trainable)
         self.frozen_shardings = _subtree_like(self.param_shardings, frozen)
-        if self.frozen_dtype:
+        if self.frozen_dtype and _is_abstract(frozen):   # a compile-only plan (scripts/plan.py)
+            frozen = jax.tree_util.tree_map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, self.frozen_dtype, sharding=x.sharding), frozen)
+        elif self.frozen_dtype:
             frozen = jax.jit(lambda f: jax.tree_util.tree_map(lambda x: x.astype(self.frozen_dtype), f),
                              out_shardings=self.frozen_shardings)(frozen)
         self.frozen = frozen
-        self._initial_trainable = trainable
+        self.initial_trainable = trainable
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
         self._train_step = None
         self._score = None
+        self._unchecked = []       # (step, health) of the steps since the last check_health, on the device
+        self.skipped_steps = 0     # non-finite steps skipped (on_nonfinite='skip') in this process
 
     # ------------------------------------------------------------------ state
     def state_shardings(self, state: TrainState) -> TrainState:
@@ -91,7 +111,7 @@ class Trainer:
                           opt_state=_replicated_tree(state.opt_state, self.mesh))
 
     def abstract_state(self) -> TrainState:
-        return jax.eval_shape(self._make_state, self._initial_trainable)
+        return jax.eval_shape(self._make_state, self.initial_trainable)
 
     def _make_state(self, trainable):
         return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
@@ -99,7 +119,7 @@ class Trainer:
 
     def init_state(self) -> TrainState:
         shardings = self.state_shardings(self.abstract_state())
-        return jax.jit(self._make_state, out_shardings=shardings)(self._initial_trainable)
+        return jax.jit(self._make_state, out_shardings=shardings)(self.initial_trainable)
 
     # ------------------------------------------------------------------ step
     def _microbatch_grads(self, trainable, frozen, batch, rng):
@@ -116,7 +136,7 @@ class Trainer:
 
         def split(x):
             if x.shape[0] % m:
-                raise ValueError(f"batch size {x.shape[0]} is not divisible by num_microbatches={m}")
+                raise UserError(f"batch size {x.shape[0]} is not divisible by num_microbatches={m}")
             x = x.reshape((x.shape[0] // m, m) + x.shape[1:]).swapaxes(0, 1)
             spec = PartitionSpec(None, "data", *([None] * (x.ndim - 2)))
             return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
@@ -141,6 +161,14 @@ class Trainer:
         grads = self._normalize(grads, sums, norm)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
+        # The updated prompt too: an infinite learning rate makes finite gradients into a non-finite prompt.
+        finite = jnp.all(jnp.stack([jnp.isfinite(sums["loss"])] + [
+            jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves((grads, trainable))]))
+        if self.on_nonfinite == "skip":
+            keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+            trainable, opt_state = keep(trainable, state.trainable), keep(opt_state, state.opt_state)
+        health = {"step": state.step + 1, "finite": finite, "max_token_id": jnp.max(jnp.stack(
+            [jnp.max(batch[k]) for k in self.model.token_features if k in batch]))}
         metrics = {
             "loss": sums["loss"] / norm,
             "z_loss": sums["z_loss"] / norm,
@@ -151,14 +179,16 @@ class Trainer:
             "learning_rate": jnp.asarray(self.learning_rate_fn(state.step), jnp.float32),
             "grad_norm": optax.tree.norm(grads),  # of the trainable subtree only
         }
-        return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics, health
 
     def _jitted_train_step(self, state: TrainState):
         if self._train_step is None:
             shardings = self.state_shardings(state)
             self._train_step = jax.jit(
-                self._step, in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
-                out_shardings=(shardings, NamedSharding(self.mesh, PartitionSpec())), donate_argnums=(1,))
+                partitioning.constrained(self._step, self.mesh),
+                in_shardings=(self.frozen_shardings, shardings, self.batch_sharding),
+                out_shardings=(shardings, NamedSharding(self.mesh, PartitionSpec()),
+                               NamedSharding(self.mesh, PartitionSpec())), donate_argnums=(1,))
         return self._train_step
 
     def _normalize(self, grads, sums, norm):
@@ -175,8 +205,35 @@ class Trainer:
         return flax.traverse_util.unflatten_dict(flat, sep="/")
 
     def train_step(self, state: TrainState, batch: Batch):
-        """One update; `batch` is a dict of global jax.Arrays sharded on 'data' (see `data.to_global`)."""
-        return self._jitted_train_step(state)(self.frozen, state, self.model.features(batch))
+        """One update; `batch` is a dict of global jax.Arrays sharded on 'data' (see `data.to_global`).
+
+        Returns (state, metrics); the step's health flags wait on the device for `check_health`.
+        """
+        state, metrics, health = self._jitted_train_step(state)(self.frozen, state, self.model.features(batch))
+        self._unchecked.append(health)
+        if len(self._unchecked) >= 1000:  # callers that never check still get checked, once per 1000 steps
+            self.check_health()
+        return state, metrics
+
+    def check_health(self) -> None:
+        """Reads the health of every step since the last check; raises NonFiniteError for the first bad one.
+
+        A token id at or above the model's vocabulary size always stops (the task's vocabulary is not the
+        model's); a non-finite loss or gradient stops unless `on_nonfinite='skip'`, which counts it.
+        """
+        pending, self._unchecked = jax.device_get(self._unchecked), []
+        for health in pending:
+            step = int(health["step"])
+            if int(health["max_token_id"]) >= self.model.vocab_size:
+                raise NonFiniteError(f"step {step}: the batch has token id {int(health['max_token_id'])}, but the "
+                                     f"model's vocabulary has {self.model.vocab_size} ids (is the task's vocabulary "
+                                     "the model's?)")
+            if not bool(health["finite"]):
+                if self.on_nonfinite == "stop":
+                    raise NonFiniteError(f"step {step}: non-finite loss or gradient; nothing of this step or later "
+                                         "was saved (lower the learning rate, check the prompt file and data, or "
+                                         "set ON_NONFINITE='skip' to skip such updates)")
+                self.skipped_steps += 1
 
     def lower_train_step(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
         """The train step's program for these shapes, lowered (`.compile()` it for memory and cost analyses).
@@ -207,7 +264,8 @@ class Trainer:
     def _jitted_score(self):
         if self._score is None:
             self._score = jax.jit(
-                self._score_rows, in_shardings=(self.frozen_shardings, self.trainable_shardings, self.batch_sharding),
+                partitioning.constrained(self._score_rows, self.mesh),
+                in_shardings=(self.frozen_shardings, self.trainable_shardings, self.batch_sharding),
                 out_shardings=NamedSharding(self.mesh, PartitionSpec()))
         return self._score
 
