@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.models import PROMPT_INDEX, BaseModel
 
 
@@ -28,19 +29,19 @@ def row_of(example: Mapping, rows: Optional[Mapping[str, int]], num_rows: Option
     if "task" in example:
         name = example["task"]
         if name not in rows:
-            raise ValueError(f"example names task {name!r}, which has no prompt row (rows: {sorted(rows, key=rows.get)})")
+            raise UserError(f"example names task {name!r}, which has no prompt row (rows: {sorted(rows, key=rows.get)})")
         return int(rows[name])
     if "prompt" in example:
         prompt = example["prompt"]
         if isinstance(prompt, str):
             if prompt not in rows:
-                raise ValueError(f"example names prompt {prompt!r}; known: {sorted(rows, key=rows.get)}")
+                raise UserError(f"example names prompt {prompt!r}; known: {sorted(rows, key=rows.get)}")
             return int(rows[prompt])
         row = int(prompt)
         if row < 0 or (num_rows is not None and row >= num_rows):
-            raise ValueError(f"example names prompt row {row}; the bank has {num_rows} rows")
+            raise UserError(f"example names prompt row {row}; the bank has {num_rows} rows")
         return row
-    raise ValueError(f"example {dict(example)!r} names neither a 'task' nor a 'prompt'")
+    raise UserError(f"example {dict(example)!r} names neither a 'task' nor a 'prompt'")
 
 
 def convert_examples(model: BaseModel, examples: Sequence[Mapping], vocabulary,
@@ -146,13 +147,19 @@ def decode_file(model, params, mesh, path: str, rows: Optional[Mapping[str, int]
                 decoding: Optional[dict] = None) -> List[dict]:
     """The lines of JSON-lines file `path` ({"inputs": text, "task" | "prompt": ...} each) with "prediction"
     added, decoded in mixed batches."""
+    examples = []
     with open(path) as f:
-        examples = [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    examples.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{number}: not valid JSON ({e})") from None
     if not examples:
-        raise ValueError(f"{path}: no examples")
+        raise UserError(f"{path}: no examples")
     for number, example in enumerate(examples, 1):
         if not isinstance(example, dict) or "inputs" not in example:
-            raise ValueError(f"{path}:{number}: each line must be an object with 'inputs' and 'task' or 'prompt'")
+            raise UserError(f"{path}:{number}: each line must be an object with 'inputs' and 'task' or 'prompt'")
     features = convert_examples(model, examples, vocabulary, task_feature_lengths, eos_id)
     features[PROMPT_INDEX] = np.asarray([row_of(ex, rows, num_rows) for ex in examples], np.int32)
     tokens = _sharded_predict(model, params, features, batch_size, mesh, task_feature_lengths["targets"], eos_id,
@@ -179,7 +186,7 @@ def infer_mixed(trainer, state, rows, task, model_dir, lengths, batch_size, spli
     else:
         names = [t.name for t in seqio.get_subtasks(task)]
         if rows is None or set(names) - set(rows):
-            raise ValueError(f"MIXTURE_OR_TASK_NAME={task.name!r} is a mixture: infer decodes it with a per-task "
+            raise UserError(f"MIXTURE_OR_TASK_NAME={task.name!r} is a mixture: infer decodes it with a per-task "
                              f"prompt bank (PROMPT_CHECKPOINT_PATH of a PROMPT_ROWS='per_task' run); rows: {rows}")
         decoded = decode_mixture(trainer.model, params, mesh, {n: rows[n] for n in names}, lengths, split,
                                  batch_size, num_examples=num_examples, eos_id=eos_id)

@@ -33,9 +33,9 @@ def check_lengths(lengths: Optional[Sequence[int]], length: int,
         return None
     lengths = tuple(int(n) for n in lengths)
     if num_prompts is None or len(lengths) != num_prompts:
-        raise ValueError(f"prompt lengths {lengths}: a bank of {num_prompts} prompts needs one length per row")
+        raise UserError(f"prompt lengths {lengths}: a bank of {num_prompts} prompts needs one length per row")
     if not all(1 <= n <= length for n in lengths):
-        raise ValueError(f"prompt lengths {lengths}: each must be between 1 and the bank's length {length}")
+        raise UserError(f"prompt lengths {lengths}: each must be between 1 and the bank's length {length}")
     return lengths
 
 

@@ -76,7 +76,7 @@ def prompt_row_lengths(model: BaseModel, banks: Tuple[str, ...]) -> Dict[str, Tu
     if not lengths or not banks:
         return {}
     if len(banks) != 1:
-        raise ValueError(f"prompt rows of their own lengths {lengths} but {len(banks)} banks {banks}; expected one")
+        raise UserError(f"prompt rows of their own lengths {lengths} but {len(banks)} banks {banks}; expected one")
     return {banks[0]: tuple(lengths)}
 
 
