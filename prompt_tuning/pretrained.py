@@ -15,7 +15,8 @@ def load_pretrained(path: str, *, prompt=None, placement: str = "prefix", **kwar
     """(EncoderDecoderModel, params) of the checkpoint at `path`, with `prompt` attached when given.
 
     `prompt`: an array, a `.npy` file, one of our checkpoints or a PEFT adapter directory (see
-    `prompts.read_prompt`).  Other keyword arguments go to `checkpoints.load_pretrained` (config, family,
+    `prompts.read_prompt`), or a list of them of any lengths: a bank, row i = the list's item i, chosen per
+    example by the batch's `prompt_index` (each row masked to its own length).  Other keyword arguments go to `checkpoints.load_pretrained` (config, family,
     size, mesh, rules, dtype).
     """
     module, params = checkpoints.load_pretrained(path, **kwargs)

@@ -28,6 +28,8 @@ def configurations():
         if not part.stem.endswith("_sentinel"):
             yield ["reproduce/figure1.gin", _rel(part)], ["MODEL_SIZE='small'"]
         yield ["reproduce/figure3.gin", _rel(part)], ["MODEL_SIZE='xl'"]
+        if not part.stem.endswith("_sentinel"):
+            yield ["reproduce/table3.gin", _rel(part)], []
 
 
 CONFIGS = list(configurations())
@@ -36,7 +38,7 @@ CONFIGS = list(configurations())
 def test_every_reproduce_file_is_parsed_here():
     parsed = {f for files, _ in CONFIGS for f in files}
     top = sorted(p.name for p in REPRODUCE.glob("*.gin"))
-    assert top == ["figure1.gin", "figure3.gin", "paper_recipe.gin", "table1.gin", "table2.gin"]
+    assert top == ["figure1.gin", "figure3.gin", "paper_recipe.gin", "table1.gin", "table2.gin", "table3.gin"]
     for name in top:  # the recipe is parsed through every table and figure file
         if name != "paper_recipe.gin":
             assert "include 'reproduce/paper_recipe.gin'" in (REPRODUCE / name).read_text(), name
@@ -93,6 +95,10 @@ def test_parses_with_the_papers_recipe(files, bindings):
         assert init_name == "sampled_vocab_init" and "mrqa" in mixture
     if "record" in mixture or "wsc" in mixture:  # the paper's footnote 7: words related to the task
         assert "commonsense" in macro("CLASS_LABELS")
+    if files[0] == "reproduce/table3.gin":  # five prompts in one bank, every example to every row
+        assert factory.keywords["num_prompts"] == 5 and macro("PROMPT_ROWS") == 5
+    else:
+        assert factory.keywords["num_prompts"] is None
     if files[-1].endswith("_sentinel.gin"):
         assert mixture.endswith("_sentinel") and macro("BEST_METRIC").split("/")[0].endswith("_sentinel")
 

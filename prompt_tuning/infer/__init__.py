@@ -2,6 +2,11 @@
 
 Decodes a task split with the prompted model and writes MODEL_DIR/inference/<task>-<split>.jsonl, one
 {"index", "inputs", "prediction", "targets"} object per example (texts decoded with the task's vocabulary).
+
+Mixed-task batches (a prompt bank, see prompt_tuning/inference.py): MIXTURE_OR_TASK_NAME a mixture decoded with
+a per-task bank (a PROMPT_ROWS='per_task' run) writes one file per task, every batch mixing the tasks, each
+example with its task's row; INPUT_FILE (JSON lines {"inputs": text, "task": name} or {"inputs", "prompt": row})
+decodes those examples in mixed batches into MODEL_DIR/inference/<file name>.
 """
 import json
 import os
@@ -20,17 +25,19 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
           prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
-          model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1) -> str:
-    """Writes predictions; returns the JSON lines path."""
+          model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1, input_file: Optional[str] = None) -> str:
+    """Writes predictions; returns the JSON lines path (of the last task, for a mixture)."""
     from prompt_tuning.train import setup
     from prompt_tuning.train.evaluation import predict_dataset
     task = seqio.get_mixture_or_task(mixture_or_task_name)
-    if not isinstance(task, seqio.Task):
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is a mixture; infer decodes one task")
     lengths = dict(task_feature_lengths)
     trainer, state, rows = setup.load_for_eval(
         model, lengths, model_parallel_size=model_parallel_size, initial_checkpoint_path=initial_checkpoint_path,
         prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
+    if input_file or not isinstance(task, seqio.Task):
+        from prompt_tuning import inference
+        return inference.infer_mixed(trainer, state, rows, task, model_dir, lengths, batch_size, split,
+                                     num_examples, eos_id, input_file)
     if rows is not None and mixture_or_task_name not in rows:
         raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} has no row in the prompt bank of "
                          f"{prompt_checkpoint_path} (rows: {sorted(rows, key=rows.get)})")

@@ -4,7 +4,7 @@ Only the prompt leaf is restored from orbax checkpoints, so pulling a prompt out
 checkpoint of a large frozen model costs next to nothing.
 """
 import os
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -122,3 +122,24 @@ def read_prompt(prompt) -> np.ndarray:
         raise UserError(f"prompt {name} has shape {value.shape}; expected [length, embed] or "
                         "[num_prompts, length, embed]")
     return check_finite(np.asarray(value, np.float32), f"prompt {name}")
+
+
+def read_prompt_bank(sources: Sequence) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """(bank [n, max_length, embed], each row's length) from prompts of any lengths (each as `read_prompt`
+    takes them; a source holding a bank gives all its rows).  Shorter rows are zero-padded at the end; the
+    model masks those positions (`PromptProcessor.lengths`)."""
+    if isinstance(sources, (str, os.PathLike, np.ndarray, jax.Array)) or not len(sources):
+        raise UserError("read_prompt_bank takes a non-empty list of prompts (arrays, .npy, PEFT dirs, checkpoints)")
+    rows = []
+    for source in sources:
+        value = read_prompt(source)
+        rows.extend(value if value.ndim == 3 else [value])
+    widths = {row.shape[-1] for row in rows}
+    if len(widths) != 1:
+        raise UserError(f"prompts of a bank must share their embedding width; got widths {sorted(widths)} "
+                        f"(lengths x widths: {[row.shape for row in rows]})")
+    lengths = tuple(int(row.shape[0]) for row in rows)
+    bank = np.zeros((len(rows), max(lengths), widths.pop()), np.float32)
+    for i, row in enumerate(rows):
+        bank[i, :row.shape[0]] = row
+    return bank, lengths

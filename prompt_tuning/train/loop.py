@@ -164,6 +164,11 @@ def _check_bank(trainer, rows) -> None:
 def _evaluator(trainer, cfg, lengths, model_dir, wanted, split, num_examples, batch_size) -> Optional[Evaluator]:
     if not wanted:
         return None
+    if cfg.prompt_rows not in (None, data.PER_TASK):  # an ensemble run: all its prompts, and their ensemble
+        from prompt_tuning.train.ensemble import EnsembleEvaluator
+        return EnsembleEvaluator(trainer, cfg.mixture_or_task_name, lengths, batch_size or cfg.batch_size,
+                                 rows=range(cfg.prompt_rows), split=split, num_examples=num_examples,
+                                 output_dir=os.path.join(model_dir, "eval"))
     rows = data.prompt_row_names(cfg) if cfg.prompt_rows == data.PER_TASK else None
     return Evaluator(trainer, cfg.mixture_or_task_name, lengths, batch_size or cfg.batch_size, split=split,
                      num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"),

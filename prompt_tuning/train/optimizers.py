@@ -7,10 +7,11 @@ or a global-norm term -- which is what `optax.multi_transform` with
 `set_to_zero` would give without ever materialising the frozen gradients.
 """
 import re
-from typing import Any, Callable, Collection, Mapping, Tuple, Union
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -106,7 +107,8 @@ def make_optimizer(name: str = "adafactor", learning_rate=None) -> Tuple[optax.G
     return factories[name](learning_rate=schedule), schedule
 
 
-def per_array(tx: optax.GradientTransformation, row_arrays: Collection[str] = ()) -> optax.GradientTransformation:
+def per_array(tx: optax.GradientTransformation, row_arrays: Collection[str] = (),
+              row_lengths: Optional[Mapping[str, Sequence[int]]] = None) -> optax.GradientTransformation:
     """`tx` applied to every trainable array on its own, and to every row of the arrays in `row_arrays`
     ('/'-joined paths of prompt banks, [rows, ...]) on its own.
 
@@ -114,8 +116,30 @@ def per_array(tx: optax.GradientTransformation, row_arrays: Collection[str] = ()
     one array would couple its prompts; mapped over the rows, each row takes exactly the steps it would take
     as a single prompt.  Without `row_arrays` this equals `tx` for any per-array transformation (Adafactor,
     Adam, SGD: none of them mixes arrays).
+
+    row_lengths {path: one length per row}: a bank whose rows have their own lengths ([rows, max_length, ...],
+    `PromptProcessor.lengths`).  Each row is then stepped on its first `length` positions only (its padding
+    would otherwise enter the RMS and the factored moments) and the padding gets no update, so each row
+    still steps exactly as the single prompt of its length.
     """
+    row_lengths = {path: tuple(int(n) for n in lengths) for path, lengths in (row_lengths or {}).items()}
+
+    def sliced(lengths):
+        def init(value):
+            return tuple(tx.init(value[i, :n]) for i, n in enumerate(lengths))
+
+        def update(grad, state, param):
+            updates, states = [], []
+            for i, n in enumerate(lengths):
+                u, s = tx.update(grad[i, :n], state[i], None if param is None else param[i, :n])
+                updates.append(jnp.pad(u, [(0, grad.shape[1] - n)] + [(0, 0)] * (grad.ndim - 2)))
+                states.append(s)
+            return jnp.stack(updates), tuple(states)
+        return init, update
+
     def leaf_tx(path):
+        if path in row_lengths:
+            return sliced(row_lengths[path])
         if path not in row_arrays:
             return tx.init, tx.update
         return jax.vmap(tx.init), jax.vmap(tx.update)

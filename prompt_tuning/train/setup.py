@@ -54,7 +54,7 @@ def build_trainer(model: BaseModel, task_feature_lengths: Mapping[str, int], mes
     tx, schedule = optimizers.make_optimizer()
     banks = prompt_banks(model, batch)
     if banks:
-        tx = optimizers.per_array(tx, banks)
+        tx = optimizers.per_array(tx, banks, prompt_row_lengths(model, banks))
     return trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, seed=seed, row_arrays=banks,
                                **trainer_kwargs)
 
@@ -67,6 +67,17 @@ def prompt_banks(model: BaseModel, batch) -> Tuple[str, ...]:
 def bank_paths(flat_specs: Mapping[str, tuple]) -> Tuple[str, ...]:
     """The prompt banks among '/'-paths -> logical axes (see `prompt_banks`)."""
     return tuple(sorted(path for path, spec in flat_specs.items() if spec and spec[0] == BANK_AXES[0]))
+
+
+def prompt_row_lengths(model: BaseModel, banks: Tuple[str, ...]) -> Dict[str, Tuple[int, ...]]:
+    """{bank path: its rows' lengths} when the model's bank rows have their own lengths (else {})."""
+    factory = getattr(model.module, getattr(model.module, "PROCESSOR_HOOK", ""), None)
+    lengths = getattr(factory(), "lengths", None) if factory is not None else None
+    if not lengths or not banks:
+        return {}
+    if len(banks) != 1:
+        raise UserError(f"prompt rows of their own lengths {lengths} but {len(banks)} banks {banks}; expected one")
+    return {banks[0]: tuple(lengths)}
 
 
 def restore_trainable(trainer: trainer_lib.Trainer, path: Optional[str],
