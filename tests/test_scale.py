@@ -2,7 +2,6 @@
 checkpoint loads straight into a 2-D sharded layout."""
 import functools
 import os
-import pathlib
 import shutil
 
 import gin
