@@ -18,16 +18,13 @@ Systems, each (system, K) in its own child process (peak memory = that configura
 --tiny swaps W-small for a 2-layer model of width 64 with short inputs: it checks the script, it measures nothing.
 """
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from bench_w_small import _gb, _loadavg, _maxrss_bytes, _time_calls, _wait_for_load  # noqa: E402
 
 SYSTEMS = ("ours_mixed", "ours_separate", "peft")
 TINY = dict(vocab=300, d_model=64, heads=2, head_dim=32, d_ff=128, layers=2, input_len=24, prompt_len=5,
@@ -99,7 +96,7 @@ def run_ours(system: str, k: int, args):
             outs = [model.predict_batch(p, b, max_decode_len=dims["target_len"])
                     for p, b in zip(task_params, batches)]
             jax.block_until_ready(outs)
-    return _time_calls(call, args.warmup, args.steps)
+    return common.time_calls(call, args.warmup, args.steps)
 
 
 # --------------------------------------------------------------------------------------------------- peft
@@ -129,7 +126,7 @@ def run_peft(k: int, args):
                 model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                max_new_tokens=dims["target_len"], min_new_tokens=dims["target_len"],
                                do_sample=False, num_beams=1)
-    return _time_calls(call, args.warmup, args.steps)
+    return common.time_calls(call, args.warmup, args.steps)
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -138,25 +135,14 @@ def worker(args):
     t0 = time.perf_counter()
     times, cpu, step_rss = run_peft(k, args) if system == "peft" else run_ours(system, k, args)
     med = statistics.median(times)
-    print("RESULT " + json.dumps({
+    common.report({
         "system": system, "k": k, "per_task": args.per_task, "tiny": bool(args.tiny), "median_s": med,
         "times_s": times, "cpu_median_s": statistics.median(cpu), "examples_per_s": k * args.per_task / med,
-        "peak_rss_bytes": _maxrss_bytes(), "step_rss_bytes": step_rss, "wall_s": time.perf_counter() - t0}),
-        flush=True)
+        "peak_rss_bytes": common.maxrss_bytes(), "step_rss_bytes": step_rss, "wall_s": time.perf_counter() - t0})
 
 
 def _run_child(system, k, passthrough, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, str(k)] + passthrough
-    _wait_for_load(args.wait_load)
-    load_before = " ".join(_loadavg())
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(f"{system}/K={k} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
-        return None
-    r = json.loads(line[-1][len("RESULT "):])
-    r["load_before"], r["load_after"] = load_before, " ".join(_loadavg())
-    return r
+    return common.run_child(__file__, [system, str(k), *passthrough], f"{system}/K={k}", args.wait_load)
 
 
 def _print_table(results, systems, ks):
@@ -171,7 +157,7 @@ def _print_table(results, systems, ks):
                 cells += ["-", "-"]
                 continue
             speed[s] = k * runs[0]["per_task"] / statistics.median(t for r in runs for t in r["times_s"])
-            cells += [f"{speed[s]:.2f}", _gb(max(r["peak_rss_bytes"] for r in runs))]
+            cells += [f"{speed[s]:.2f}", common.gb(max(r["peak_rss_bytes"] for r in runs))]
         ratio = lambda a, b: f"{speed[a] / speed[b]:.2f}x" if a in speed and b in speed else "-"  # noqa: E731
         print(f"| {k} | " + " | ".join(cells) + f" | {ratio('ours_mixed', 'ours_separate')} | "
               f"{ratio('ours_mixed', 'peft')} |")
@@ -211,26 +197,23 @@ def main(argv=None):
     print(f"{'TINY (smoke only)' if args.tiny else 'W-small'}: {args.per_task} examples per task, "
           f"{dims['input_len']} input + {dims['prompt_len']} prompt tokens, {dims['target_len']} greedy tokens; "
           f"K = {ks}; {args.warmup} warm-up + {args.steps} timed calls x {args.rounds} rounds; "
-          f"load average at start {' '.join(_loadavg())}", flush=True)
+          f"load average at start {' '.join(common.loadavg())}", flush=True)
     passthrough = ["--per-task", str(args.per_task), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--threads", str(args.threads)] + (["--tiny"] if args.tiny else [])
     results = {}
     for round_index in range(args.rounds):
         for k in ks:
-            order = systems if round_index % 2 == 0 else systems[::-1]  # alternate who runs first
-            for system in order:
+            for system in common.alternate(systems, round_index):
                 r = _run_child(system, k, passthrough, args)
                 if r is None:
                     continue
                 r["round"] = round_index
                 results.setdefault((system, k), []).append(r)
                 print(f"round {round_index} K={k:<3d} {system:14s} {r['median_s']:8.3f} s/call "
-                      f"{r['examples_per_s']:8.2f} ex/s  peak {_gb(r['peak_rss_bytes'])} GB  "
+                      f"{r['examples_per_s']:8.2f} ex/s  peak {common.gb(r['peak_rss_bytes'])} GB  "
                       f"[{' '.join(f'{t:.2f}' for t in r['times_s'])}]  load {r['load_before']} -> {r['load_after']}",
                       flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                common.append_json(args.json, r)
     _print_table(results, systems, ks)
     return results
 

@@ -19,12 +19,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_w_small as w  # noqa: E402  (its timing and memory helpers)
 import common  # noqa: E402
 
 MODES = ("prompt", "model")
@@ -42,34 +40,24 @@ def worker(args) -> None:
         box["state"], metrics = trainer.train_step(box["state"], batch)
         jax.block_until_ready(metrics["loss"])
 
-    times, cpu, step_rss = w._time_calls(call, args.warmup, args.steps)
+    times, cpu, step_rss = common.time_calls(call, args.warmup, args.steps)
     stats = jax.devices()[0].memory_stats() or {}   # None on CPU
     sizes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
-    print("RESULT " + json.dumps({
+    common.report({
         "mode": args.worker, "median_s": statistics.median(times), "times_s": times,
         "cpu_median_s": statistics.median(cpu), "steps_per_s": 1.0 / statistics.median(times),
-        "peak_rss_bytes": w._maxrss_bytes(), "step_rss_bytes": step_rss,
+        "peak_rss_bytes": common.maxrss_bytes(), "step_rss_bytes": step_rss,
         "device_peak_bytes": stats.get("peak_bytes_in_use"), "device": str(jax.devices()[0].platform),
         "trainable_arrays": len(traverse_util.flatten_dict(box["state"].trainable)),
         "trainable_bytes": sizes(box["state"].trainable), "opt_state_bytes": sizes(box["state"].opt_state),
         "microbatches": args.microbatches, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "wall_s": time.perf_counter() - t0}), flush=True)
+        "wall_s": time.perf_counter() - t0})
 
 
 def _run_child(mode, args):
     """One measurement in a fresh process (so its peak memory is its own); the RESULT dict, or None if it failed."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--microbatches", str(args.microbatches)]
-    w._wait_for_load(args.wait_load)
-    load_before = " ".join(w._loadavg())
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(f"{mode} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
-        return None
-    r = json.loads(line[-1][len("RESULT "):])
-    r["load_before"], r["load_after"] = load_before, " ".join(w._loadavg())
-    return r
+    worker_args = [mode, "--steps", str(args.steps), "--warmup", str(args.warmup), "--microbatches", str(args.microbatches)]
+    return common.run_child(__file__, worker_args, mode, args.wait_load)
 
 
 def main(argv=None) -> int:
@@ -94,23 +82,21 @@ def main(argv=None) -> int:
 
     print(f"W-small train step: batch {common.BATCH}, {common.INPUT_LEN} input + {common.PROMPT_LEN} prompt tokens, "
           f"{common.TARGET_LEN} targets; {args.warmup} warm-up + {args.steps} timed steps, microbatches "
-          f"{args.microbatches}; load average at start {' '.join(w._loadavg())}", flush=True)
+          f"{args.microbatches}; load average at start {' '.join(common.loadavg())}", flush=True)
     results = {m: [] for m in modes}
     for round_index in range(args.rounds):
-        for mode in modes:
+        for mode in common.alternate(modes, round_index):
             r = _run_child(mode, args)
             if r is None:
                 continue
             r["round"] = round_index
             results[mode].append(r)
             print("RESULT " + json.dumps(r), flush=True)
-            print(f"{mode:7s} {r['median_s']:7.3f} s/step  peak {w._gb(r['peak_rss_bytes'])} GB  steps "
-                  f"{w._gb(r['step_rss_bytes'])} GB  device peak {w._gb(r['device_peak_bytes'])} GB  trainable "
-                  f"{w._gb(r['trainable_bytes'])} GB  opt state {w._gb(r['opt_state_bytes'])} GB  "
+            print(f"{mode:7s} {r['median_s']:7.3f} s/step  peak {common.gb(r['peak_rss_bytes'])} GB  steps "
+                  f"{common.gb(r['step_rss_bytes'])} GB  device peak {common.gb(r['device_peak_bytes'])} GB  trainable "
+                  f"{common.gb(r['trainable_bytes'])} GB  opt state {common.gb(r['opt_state_bytes'])} GB  "
                   f"load {r['load_before']} -> {r['load_after']}", flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+            common.append_json(args.json, r)
     if results.get("prompt") and results.get("model"):
         pooled = {m: statistics.median(t for r in results[m] for t in r["times_s"]) for m in ("prompt", "model")}
         peak = {m: max(r["peak_rss_bytes"] for r in results[m]) for m in ("prompt", "model")}

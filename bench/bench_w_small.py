@@ -21,13 +21,12 @@ Systems:
   peft       transformers T5ForConditionalGeneration + peft PromptTuningConfig(num_virtual_tokens=100);
              optimizer: transformers' Adafactor with the paper's settings (lr 0.3, decay -0.8, no parameter
              scaling, clip 1.0, weight decay 1e-5), over the prompt only.  Needs the `torch` extra.
+  peft_compile  the same model under torch.compile (Inductor, default mode), train and score phases: the
+             strongest PyTorch peer.  Its compile time is in the warm-up calls, not in the timed ones.
 """
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -35,49 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN, VOCAB, make_batch  # noqa: E402,F401
 
-SYSTEMS = ("ours", "ours_bf16", "peft")
+SYSTEMS = ("ours", "ours_bf16", "peft", "peft_compile")
+COMPILED_PHASES = ("train", "score")   # peft_compile: generate() is not compiled as a whole
 PHASES = ("train", "score", "decode")
-
-
-# --------------------------------------------------------------------------------------------------- memory
-def _vm_hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _time_calls(fn, warmup: int, steps: int):
-    """Wall times of `steps` calls after `warmup` untimed ones; also their CPU seconds and the calls' peak RSS."""
-    for _ in range(warmup):
-        fn()
-    reset_ok = _reset_hwm()
-    times, cpu = [], []
-    for _ in range(steps):
-        c0, t0 = _cpu_s(), time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        cpu.append(_cpu_s() - c0)
-    return times, cpu, (_vm_hwm_bytes() if reset_ok else None)
 
 
 # --------------------------------------------------------------------------------------------------- ours
@@ -101,7 +60,7 @@ def run_ours(phase: str, args, bf16: bool):
         def call():
             jax.block_until_ready(trainer.predict_batch(box["state"], prompts_batch, max_decode_len=TARGET_LEN))
         calls_per_example = BATCH
-    times, cpu, step_rss = _time_calls(call, args.warmup, args.steps)
+    times, cpu, step_rss = common.time_calls(call, args.warmup, args.steps)
     return times, cpu, step_rss, calls_per_example
 
 
@@ -124,8 +83,9 @@ def _peft_setup(args):
     return torch, transformers, model, batch
 
 
-def run_peft(phase: str, args):
+def run_peft(phase: str, args, compile_model: bool = False):
     torch, transformers, model, b = _peft_setup(args)
+    forward = torch.compile(model) if compile_model else model
     input_ids = b["encoder_input_tokens"].long()
     attention_mask = (input_ids > 0).long()
     labels = b["decoder_target_tokens"].long()
@@ -138,7 +98,7 @@ def run_peft(phase: str, args):
                                                   weight_decay=1e-5)
 
         def call():
-            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            out = forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -147,7 +107,7 @@ def run_peft(phase: str, args):
 
         def call():
             with torch.inference_mode():
-                logits = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
+                logits = forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 return logp.gather(-1, labels[..., None])[..., 0].sum(-1)
     else:
@@ -157,7 +117,7 @@ def run_peft(phase: str, args):
             with torch.inference_mode():
                 return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=TARGET_LEN,
                                       min_new_tokens=TARGET_LEN, do_sample=False, num_beams=1)
-    times, cpu, step_rss = _time_calls(call, args.warmup, args.steps)
+    times, cpu, step_rss = common.time_calls(call, args.warmup, args.steps)
     return times, cpu, step_rss, BATCH
 
 
@@ -165,33 +125,16 @@ def run_peft(phase: str, args):
 def worker(args):
     system, phase = args.worker
     t0 = time.perf_counter()
-    if system == "peft":
-        times, cpu, step_rss, per_call = run_peft(phase, args)
+    if system.startswith("peft"):
+        times, cpu, step_rss, per_call = run_peft(phase, args, compile_model=(system == "peft_compile"))
     else:
         times, cpu, step_rss, per_call = run_ours(phase, args, bf16=(system == "ours_bf16"))
     med = statistics.median(times)
-    print("RESULT " + json.dumps({
+    common.report({
         "system": system, "phase": phase, "median_s": med, "times_s": times,
         "cpu_median_s": statistics.median(cpu), "xla_flags": os.environ.get("XLA_FLAGS", ""), "steps_per_s": 1.0 / med,
-        "examples_per_s": per_call / med, "peak_rss_bytes": _maxrss_bytes(), "step_rss_bytes": step_rss,
-        "wall_s": time.perf_counter() - t0}), flush=True)
-
-
-def _loadavg():
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
-
-
-def _wait_for_load(limit: float, timeout_s: float = 600.0):
-    if limit <= 0:
-        return
-    t0 = time.time()
-    while float(_loadavg()[0]) >= limit and time.time() - t0 < timeout_s:
-        time.sleep(5)
-
-
-def _gb(x):
-    return "-" if x is None else f"{x / 2**30:.2f}"
+        "examples_per_s": per_call / med, "peak_rss_bytes": common.maxrss_bytes(), "step_rss_bytes": step_rss,
+        "wall_s": time.perf_counter() - t0})
 
 
 def main(argv=None):
@@ -225,18 +168,18 @@ def main(argv=None):
     for s in phases:
         if s not in PHASES:
             p.error(f"--phases: unknown {s!r}; known: {', '.join(PHASES)}")
-    if "peft" in systems:
+    if any(s.startswith("peft") for s in systems):
         try:
             import peft  # noqa: F401
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError:
             print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baseline")
-            systems.remove("peft")
+            systems = [s for s in systems if not s.startswith("peft")]
 
     print(f"W-small: batch {BATCH}, {INPUT_LEN} input + {PROMPT_LEN} prompt tokens, {TARGET_LEN} targets; "
           f"{args.warmup} warm-up + {args.steps} timed calls; ours microbatches={args.microbatches} "
-          f"remat={args.remat}; load average at start {' '.join(_loadavg())}", flush=True)
+          f"remat={args.remat}; load average at start {' '.join(common.loadavg())}", flush=True)
     results = {}
     passthrough = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--microbatches",
                    str(args.microbatches), "--remat", args.remat, "--threads", str(args.threads)]
@@ -244,62 +187,52 @@ def main(argv=None):
         passthrough.append("--f32-frozen")
     for round_index in range(args.rounds):
         for phase in phases:
-            for system in systems:
+            for system in common.alternate(systems, round_index):
+                if system == "peft_compile" and phase not in COMPILED_PHASES:
+                    continue
                 r = _run_child(system, phase, passthrough, args)
                 if r is None:
                     continue
                 r["round"] = round_index
                 results.setdefault((system, phase), []).append(r)
                 print(f"{system:10s} {phase:7s} {r['median_s']:7.3f} s/call  {r['steps_per_s']:6.3f} calls/s  "
-                      f"{r['examples_per_s']:6.2f} ex/s  peak {_gb(r['peak_rss_bytes'])} GB  "
-                      f"steps {_gb(r['step_rss_bytes'])} GB  cpu {r['cpu_median_s']:.2f} s/call  "
+                      f"{r['examples_per_s']:6.2f} ex/s  peak {common.gb(r['peak_rss_bytes'])} GB  "
+                      f"steps {common.gb(r['step_rss_bytes'])} GB  cpu {r['cpu_median_s']:.2f} s/call  "
                       f"[{' '.join(f'{t:.2f}' for t in r['times_s'])}]  load {r['load_before']} -> {r['load_after']}",
                       flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                common.append_json(args.json, r)
     _print_ratios(results, systems, phases)
 
 
 def _run_child(system, phase, passthrough, args):
     """One (system, phase) measurement in a fresh process; its RESULT dict, or None (reported) if it failed."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, phase] + passthrough
     env = dict(os.environ)
-    if args.xla_flags is not None and system != "peft":
+    if args.xla_flags is not None and not system.startswith("peft"):
         env["XLA_FLAGS"] = args.xla_flags
-    _wait_for_load(args.wait_load)
-    load_before = " ".join(_loadavg())
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(f"{system}/{phase} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
-        return None
-    r = json.loads(line[-1][len("RESULT "):])
-    r["load_before"], r["load_after"] = load_before, " ".join(_loadavg())
-    return r
+    return common.run_child(__file__, [system, phase, *passthrough], f"{system}/{phase}", args.wait_load, env)
 
 
 def _print_ratios(results, systems, phases):
-    """Speed ratios from the median of all timed calls pooled over rounds (and each round's own ratio, since
-    rounds alternate the systems and so share the machine's drift); memory from the largest peak seen."""
-    import statistics
+    """Ours against each PyTorch peer: speed from the median of all timed calls pooled over rounds (and each
+    round's own ratio, since a round runs both and so shares the machine's drift); memory from the largest peak."""
     for phase in phases:
-        base = results.get(("peft", phase))
-        if not base:
-            continue
-        base_median = statistics.median(t for r in base for t in r["times_s"])
-        base_peak = max(r["peak_rss_bytes"] for r in base)
-        for system in systems:
-            runs = results.get((system, phase))
-            if system == "peft" or not runs:
+        for peer in ("peft", "peft_compile"):
+            base = results.get((peer, phase))
+            if not base:
                 continue
-            median = statistics.median(t for r in runs for t in r["times_s"])
+            base_median = statistics.median(t for r in base for t in r["times_s"])
+            base_peak = max(r["peak_rss_bytes"] for r in base)
             base_by_round = {b["round"]: b["median_s"] for b in base}
-            per_round = [base_by_round[r["round"]] / r["median_s"] for r in runs if r["round"] in base_by_round]
-            rounds = f"  per round {' '.join(f'{x:.2f}' for x in per_round)}" if len(per_round) > 1 else ""
-            print(f"ratio {system}/peft {phase:7s}: speed {base_median / median:.2f}x ({median:.2f} vs "
-                  f"{base_median:.2f} s/call){rounds}  peak memory "
-                  f"{max(r['peak_rss_bytes'] for r in runs) / base_peak:.2f}x")
+            for system in systems:
+                runs = results.get((system, phase))
+                if system.startswith("peft") or not runs:
+                    continue
+                median = statistics.median(t for r in runs for t in r["times_s"])
+                per_round = [base_by_round[r["round"]] / r["median_s"] for r in runs if r["round"] in base_by_round]
+                rounds = f"  per round {' '.join(f'{x:.2f}' for x in per_round)}" if len(per_round) > 1 else ""
+                print(f"ratio {system}/{peer} {phase:7s}: speed {base_median / median:.2f}x ({median:.2f} vs "
+                      f"{base_median:.2f} s/call){rounds}  peak memory "
+                      f"{max(r['peak_rss_bytes'] for r in runs) / base_peak:.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,17 @@ W-small: T5 1.1 small dimensions (vocab 32128, d_model 512, 6 heads of 64, d_ff 
 untied head), batch 8, 412 input tokens + 100 prompt tokens, 8 target tokens, float32 on CPU, random weights.
 Our side goes through public APIs only: the model, `Trainer.train_step` / `score_batch` / `predict_batch` and
 their `lower_*` twins for compile-time analyses.
+
+Also the measurement helpers every script uses: each measurement runs in a child process of its own
+(`run_child`), so its peak memory is its own, and times the calls after a warm-up (`time_calls`).
 """
 import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
 from typing import Any
 
 BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 412, 100, 8
@@ -73,3 +82,97 @@ def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = Fal
     # tensorflow/seqio (which would add ~0.5 GB of RSS that PEFT does not pay).
     batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in make_batch().items()}
     return Ours(trainer, trainer.init_state(), batch)
+
+
+# --------------------------------------------------------------------------------------------------- measuring
+def vm_hwm_bytes() -> int:
+    """This process's peak resident memory since the last `reset_hwm` (VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux clear_refs); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def maxrss_bytes() -> int:
+    """This process's peak resident memory over its whole life (setup, compile and calls)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def time_calls(fn, warmup: int, steps: int):
+    """Wall times of `steps` calls after `warmup` untimed ones; also their CPU seconds and the calls' peak RSS."""
+    for _ in range(warmup):
+        fn()
+    reset_ok = reset_hwm()
+    times, cpu = [], []
+    for _ in range(steps):
+        c0, t0 = cpu_s(), time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(cpu_s() - c0)
+    return times, cpu, (vm_hwm_bytes() if reset_ok else None)
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
+def wait_for_load(limit: float, timeout_s: float = 600.0):
+    """Wait (up to timeout_s) until the 1-minute load average is below limit; limit <= 0 waits for nothing."""
+    if limit <= 0:
+        return
+    t0 = time.time()
+    while float(loadavg()[0]) >= limit and time.time() - t0 < timeout_s:
+        time.sleep(5)
+
+
+def gb(x):
+    return "-" if x is None else f"{x / 2**30:.2f}"
+
+
+def report(result: dict) -> None:
+    """A worker's last words: one RESULT line that `run_child` reads back."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(script: str, worker_args, label: str, wait_load: float = 0.0, env=None):
+    """Run `script --worker ...` in a fresh process; its RESULT dict with the load average before and after,
+    or None (with the child's stderr tail printed) if it failed."""
+    wait_for_load(wait_load)
+    load_before = " ".join(loadavg())
+    cmd = [sys.executable, os.path.abspath(script), "--worker", *worker_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(f"{label} FAILED (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    r = json.loads(line[-1][len("RESULT "):])
+    r["load_before"], r["load_after"] = load_before, " ".join(loadavg())
+    return r
+
+
+def append_json(path, result: dict) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+def alternate(items, round_index: int):
+    """The systems of one round, in reverse order every other round, so no system always runs first."""
+    return list(items) if round_index % 2 == 0 else list(items)[::-1]
