@@ -108,19 +108,20 @@ def predict_mixed(model: BaseModel, params, examples: Sequence[Mapping], rows: O
 
 
 # ---------------------------------------------------------------------------------------- the infer CLI's side
-def _sharded_predict(model, params, features, batch_size, mesh, max_decode_len, eos_id, decoding):
+def _sharded_predict(model, params, features, batch_size, mesh, max_decode_len, eos_id, decoding,
+                     length_buckets=None):
     """predict_features across processes (evaluation.predict_dataset's global batches), in row order."""
     import tensorflow as tf
 
     from prompt_tuning.train.evaluation import predict_dataset
     ds = tf.data.Dataset.from_tensor_slices(dict(features)).enumerate()
-    out = dict(predict_dataset(model, params, ds, batch_size, mesh, max_decode_len, eos_id, decoding))
+    out = dict(predict_dataset(model, params, ds, batch_size, mesh, max_decode_len, eos_id, decoding, length_buckets))
     return [until_eos(out[i], eos_id) for i in range(len(out))]
 
 
 def decode_mixture(model, params, mesh, rows: Mapping[str, int], task_feature_lengths: Mapping[str, int],
                    split: str, batch_size: int, *, num_examples: Optional[int] = None, eos_id: int = 1,
-                   decoding: Optional[dict] = None) -> Dict[str, List[dict]]:
+                   decoding: Optional[dict] = None, length_buckets=None) -> Dict[str, List[dict]]:
     """{task: [{"index", "inputs", "prediction", "targets"}]} for every task of `rows` (task -> bank row),
     their examples interleaved so that each batch mixes the tasks, each example with its task's row."""
     parts, raw, names = [], [], list(rows)
@@ -134,7 +135,8 @@ def decode_mixture(model, params, mesh, rows: Mapping[str, int], task_feature_le
         converted = list(model.feature_converter(prompt_index=rows[name])(ds, lengths).as_numpy_iterator())
         parts.append({k: np.stack([c[k] for c in converted]) for k in converted[0]})
     features, part_of, index_in = interleave(parts)
-    tokens = _sharded_predict(model, params, features, batch_size, mesh, lengths["targets"], eos_id, decoding)
+    tokens = _sharded_predict(model, params, features, batch_size, mesh, lengths["targets"], eos_id, decoding,
+                              length_buckets)
     out = {name: [] for name in names}
     for t, p, i in zip(tokens, part_of, index_in):
         task, examples = raw[p]
@@ -144,7 +146,7 @@ def decode_mixture(model, params, mesh, rows: Mapping[str, int], task_feature_le
 
 def decode_file(model, params, mesh, path: str, rows: Optional[Mapping[str, int]], num_rows: int, vocabulary,
                 task_feature_lengths: Mapping[str, int], batch_size: int, *, eos_id: int = 1,
-                decoding: Optional[dict] = None) -> List[dict]:
+                decoding: Optional[dict] = None, length_buckets=None) -> List[dict]:
     """The lines of JSON-lines file `path` ({"inputs": text, "task" | "prompt": ...} each) with "prediction"
     added, decoded in mixed batches."""
     examples = []
@@ -163,7 +165,7 @@ def decode_file(model, params, mesh, path: str, rows: Optional[Mapping[str, int]
     features = convert_examples(model, examples, vocabulary, task_feature_lengths, eos_id)
     features[PROMPT_INDEX] = np.asarray([row_of(ex, rows, num_rows) for ex in examples], np.int32)
     tokens = _sharded_predict(model, params, features, batch_size, mesh, task_feature_lengths["targets"], eos_id,
-                              decoding)
+                              decoding, length_buckets)
     return [{**ex, "prediction": vocabulary.decode(t)} for ex, t in zip(examples, tokens)]
 
 
@@ -175,21 +177,22 @@ def _line(index, example, tokens, task):
 
 
 def infer_mixed(trainer, state, rows, task, model_dir, lengths, batch_size, split, num_examples, eos_id,
-                input_file: Optional[str] = None) -> str:
+                input_file: Optional[str] = None, length_buckets=None) -> str:
     """The infer CLI's mixed-task decoding (see prompt_tuning.infer): writes the JSON lines, returns the last path."""
     params, mesh = trainer.params_for_eval(state), trainer.mesh
     if input_file:
         vocab = next(iter(seqio.get_subtasks(task))).output_features["inputs"].vocabulary
         outputs = {os.path.splitext(os.path.basename(input_file))[0] + "-predictions": decode_file(
             trainer.model, params, mesh, input_file, rows, trainer.num_prompt_rows or None, vocab, lengths,
-            batch_size, eos_id=eos_id)}
+            batch_size, eos_id=eos_id, length_buckets=length_buckets)}
     else:
         names = [t.name for t in seqio.get_subtasks(task)]
         if rows is None or set(names) - set(rows):
             raise UserError(f"MIXTURE_OR_TASK_NAME={task.name!r} is a mixture: infer decodes it with a per-task "
                              f"prompt bank (PROMPT_CHECKPOINT_PATH of a PROMPT_ROWS='per_task' run); rows: {rows}")
         decoded = decode_mixture(trainer.model, params, mesh, {n: rows[n] for n in names}, lengths, split,
-                                 batch_size, num_examples=num_examples, eos_id=eos_id)
+                                 batch_size, num_examples=num_examples, eos_id=eos_id,
+                                 length_buckets=length_buckets)
         outputs = {f"{name}-{split}": lines for name, lines in decoded.items()}
     path = None
     for name, lines in outputs.items():

@@ -8,6 +8,7 @@ knows whether the network is an encoder-decoder or a decoder-only prefix LM.  Ba
     variables = model.init(rng, model.dummy_batch({'inputs': 512, 'targets': 8}))
     sums = model.loss_sums(params, batch, dropout_rng=rng, z_loss=1e-4)     # add over microbatches
     scores = model.score_batch(params, batch)                                # [B] rank-classification scores
+    scores = model.score_candidates(params, batch)    # [B, C]: C candidate targets per input, encoded once
     tokens, scores = model.predict_batch(params, batch, method='beam', num_decodes=4)
 
 Every method is pure; `predict_batch` jits itself (keyed by the model and the decoding options), the rest
@@ -44,6 +45,11 @@ class BaseModel:
     FEATURES: ClassVar[Tuple[str, ...]] = ()
     OPTIONAL_FEATURES: ClassVar[Tuple[str, ...]] = (PROMPT_INDEX,)
     FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.FeatureConverter
+    # The features that fix a row's input side: rows equal in these can share one encoding when scored
+    # (`score_candidates`).  Empty: every row is scored on its own.
+    INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ()
+    # Features whose length is one (padding is cut off them together; see data.trim_to_buckets), by name.
+    LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------------ data
     def feature_converter(self, prompt_index: Optional[int] = None) -> seqio.FeatureConverter:
@@ -140,6 +146,18 @@ class BaseModel:
     def score_batch(self, params, batch: Batch) -> jax.Array:
         """Summed target log-likelihood per example [B] (t5x's score_batch; EOS counts): rank classification."""
         return self.token_log_probs(params, batch).sum(-1)
+
+    def score_candidates(self, params, batch: Batch) -> jax.Array:
+        """Rank classification with C candidate targets per input: scores [B, C], each equal to score_batch of
+        that (input, candidate) row.  `INPUT_FEATURES` are [B, ...]; the decoder features are [B, C, T].
+
+        This generic version repeats every input C times; models that can share the input's work override it.
+        """
+        features = self.features(batch)
+        b, c = features["decoder_target_tokens"].shape[:2]
+        rows = {k: (jnp.repeat(v, c, axis=0) if k in self.INPUT_FEATURES else v.reshape(b * c, *v.shape[2:]))
+                for k, v in features.items()}
+        return self.score_batch(params, rows).reshape(b, c)
 
     # ------------------------------------------------------------------ decoding
     def predict_batch(self, params, batch: Batch, *, method: str = "greedy", num_decodes: int = 1,
@@ -257,12 +275,32 @@ class EncoderDecoderModel(BaseModel):
     FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", "decoder_input_tokens",
                                            "decoder_target_tokens", "decoder_loss_weights")
     FEATURE_CONVERTER_CLS: ClassVar[type] = EncDecFeatureConverter
+    INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", PROMPT_INDEX)
+    LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {
+        "inputs": ("encoder_input_tokens",),
+        "targets": ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")}
 
     def _inputs(self, batch: dict) -> dict:
         return {"encoder_input_tokens": batch["encoder_input_tokens"],
                 "decoder_input_tokens": batch["decoder_input_tokens"],
                 "decoder_target_tokens": batch.get("decoder_target_tokens"),
                 "prompt_index": batch.get(PROMPT_INDEX)}
+
+    def score_candidates(self, params, batch: Batch) -> jax.Array:
+        """Encodes each of the B inputs once; the decoder scores its C candidates against that encoding."""
+        features = self.features(batch, "encoder_input_tokens", "decoder_input_tokens")
+        module = self.module
+        tokens, prompt_index = features["encoder_input_tokens"], features.get(PROMPT_INDEX)
+        b, c, t = features["decoder_target_tokens"].shape
+        encoded = module.apply({"params": params}, tokens, prompt_index=prompt_index, method=module.encode)
+        per_row = lambda x: None if x is None else jnp.repeat(x, c, axis=0)  # noqa: E731  row i*C+j: input i
+        flat = {k: features[k].reshape(b * c, t) for k in ("decoder_input_tokens", "decoder_target_tokens",
+                                                           "decoder_loss_weights")}
+        logits = module.apply({"params": params}, per_row(encoded), per_row(tokens), flat["decoder_input_tokens"],
+                              flat["decoder_target_tokens"], prompt_index=per_row(prompt_index),
+                              method=module.decode)
+        log_probs = losses.token_log_probs(logits, flat["decoder_target_tokens"], flat["decoder_loss_weights"])
+        return log_probs.sum(-1).reshape(b, c)
 
     def decoding_features(self, batch: Batch) -> dict:
         features = self.features(batch, "encoder_input_tokens")
@@ -314,6 +352,7 @@ class DecoderOnlyModel(BaseModel):
     FEATURES: ClassVar[Tuple[str, ...]] = ("decoder_input_tokens", "decoder_target_tokens",
                                            "decoder_loss_weights", "decoder_causal_attention")
     FEATURE_CONVERTER_CLS: ClassVar[type] = PrefixLMFeatureConverter
+    LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {"sequence": FEATURES}   # inputs + targets, one row
 
     def _inputs(self, batch: dict) -> dict:
         return {"decoder_input_tokens": batch["decoder_input_tokens"],

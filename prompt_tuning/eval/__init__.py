@@ -23,7 +23,8 @@ def evaluate(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
              mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
              prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
-             model_parallel_size: int = 1, seed: int = 0, ensemble_prompts: Optional[Sequence[str]] = None) -> dict:
+             model_parallel_size: int = 1, seed: int = 0, ensemble_prompts: Optional[Sequence[str]] = None,
+             length_buckets: Optional[Mapping[str, Sequence[int]]] = None) -> dict:
     """Metrics {'<task>/<metric>': value} of the prompted model (of the ensemble, with per-prompt keys too)."""
     from prompt_tuning.train import ensemble, setup
     from prompt_tuning.train.evaluation import Evaluator
@@ -40,10 +41,12 @@ def evaluate(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     if names:
         evaluator = ensemble.EnsembleEvaluator(trainer, mixture_or_task_name, dict(task_feature_lengths), batch_size,
                                                rows=range(len(names)), split=split, num_examples=num_examples,
-                                               output_dir=output_dir, names=_unique(names))
+                                               output_dir=output_dir, names=_unique(names),
+                                               length_buckets=length_buckets)
     else:
         evaluator = Evaluator(trainer, mixture_or_task_name, dict(task_feature_lengths), batch_size, split=split,
-                              num_examples=num_examples, output_dir=output_dir, task_rows=rows)
+                              num_examples=num_examples, output_dir=output_dir, task_rows=rows,
+                              length_buckets=length_buckets)
     metrics = evaluator.evaluate(state, int(jax.device_get(state.step)))
     if jax.process_index() == 0:
         for name, value in sorted(metrics.items()):

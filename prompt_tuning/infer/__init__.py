@@ -10,7 +10,7 @@ decodes those examples in mixed batches into MODEL_DIR/inference/<file name>.
 """
 import json
 import os
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -25,7 +25,8 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
           mixture_or_task_name: str = gin.REQUIRED, task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           batch_size: int = 32, split: str = "validation", initial_checkpoint_path: Optional[str] = None,
           prompt_checkpoint_path: Optional[str] = None, num_examples: Optional[int] = None,
-          model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1, input_file: Optional[str] = None) -> str:
+          model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1, input_file: Optional[str] = None,
+          length_buckets: Optional[Mapping[str, Sequence[int]]] = None) -> str:
     """Writes predictions; returns the JSON lines path (of the last task, for a mixture)."""
     from prompt_tuning.train import setup
     from prompt_tuning.train.evaluation import predict_dataset
@@ -37,7 +38,7 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     if input_file or not isinstance(task, seqio.Task):
         from prompt_tuning import inference
         return inference.infer_mixed(trainer, state, rows, task, model_dir, lengths, batch_size, split,
-                                     num_examples, eos_id, input_file)
+                                     num_examples, eos_id, input_file, length_buckets)
     if rows is not None and mixture_or_task_name not in rows:
         raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} has no row in the prompt bank of "
                          f"{prompt_checkpoint_path} (rows: {sorted(rows, key=rows.get)})")
@@ -52,7 +53,8 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
     model_ds = model.feature_converter(prompt_index=row)(ds, lengths).enumerate()
     out_path = os.path.join(model_dir, "inference", f"{mixture_or_task_name}-{split}.jsonl")
     lines = []
-    for i, tokens in predict_dataset(model, params, model_ds, batch_size, mesh, lengths["targets"], eos_id):
+    for i, tokens in predict_dataset(model, params, model_ds, batch_size, mesh, lengths["targets"], eos_id,
+                                     length_buckets=length_buckets):
         ex = examples[i]
         lines.append({"index": i, "inputs": in_vocab.decode(ex["inputs"].tolist()),
                       "prediction": vocab.decode([t for t in tokens if t > 0]),

@@ -6,19 +6,27 @@ concatenation in process order.  The stream is a pure function of
 (task, seed, shard, step): resuming at step N skips N batches, so a resumed run
 sees exactly the batches the uninterrupted run would have.
 
+Length buckets (`DatasetConfig.length_buckets`, e.g. {'inputs': (64, 128, 256, 512)}): each batch is cut to
+the smallest listed length that keeps every real token of its rows (`trim_to_buckets`; all processes agree
+on it), so a batch of short examples costs a short step.  The batches hold the same examples as without
+buckets, and only padding is dropped, so losses, scores and decodes do not change and resume stays exact.
+`group_by_length` (off by default; it changes the stream, and is part of the run's identity) sorts the
+examples of each window of that many batches by length before batching and then shuffles the batches.
+
 Prompt banks (`DatasetConfig.prompt_rows`): 'per_task' gives every task of a mixture its own bank row
 (`prompt_index`, the task's place in the mixture); an int N trains an ensemble of N prompts, every example
 going to every row, so each row sees exactly the stream of a single run (batches hold batch_size * N rows).
 """
 import dataclasses
 import logging
-from typing import Callable, Iterator, List, Mapping, Optional, Union
+from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning import partitioning
@@ -43,6 +51,9 @@ class DatasetConfig:
     seed: Optional[int] = 0
     use_cached: bool = False
     prompt_rows: Optional[Union[str, int]] = None   # None, 'per_task' or an ensemble size (see above)
+    # {model length group ('inputs', 'targets'; see BaseModel.LENGTH_GROUPS): lengths}; None: the full lengths.
+    length_buckets: Optional[Mapping[str, Sequence[int]]] = None
+    group_by_length: int = 0                  # > 0: sort each window of this many batches by length (see above)
 
 
 def prompt_row_names(cfg: DatasetConfig) -> Optional[List[str]]:
@@ -153,6 +164,8 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
             num_epochs=num_epochs, seed=cfg.seed, use_cached=cfg.use_cached, shard_info=shard_info,
             feature_converter=feature_converter())
     batch = local_batch_size(cfg.batch_size, shard_info.num_shards)
+    if cfg.group_by_length:
+        ds = group_by_length(ds, batch, cfg.group_by_length, cfg.seed or 0)
     if rows_per_example(cfg) > 1:  # an ensemble: every example to every row
         n = rows_per_example(cfg)
         ds = ds.flat_map(lambda ex: tf.data.Dataset.range(n).map(
@@ -162,6 +175,65 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
     if start_step:
         ds = ds.skip(start_step)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _row_lengths(ex) -> tf.Tensor:
+    """Real tokens per row over the token features (what padding to a bucket has to keep)."""
+    return tf.add_n([tf.math.count_nonzero(v, axis=-1, dtype=tf.int32) for k, v in sorted(ex.items())
+                     if k.endswith("_tokens")])
+
+
+def group_by_length(ds: tf.data.Dataset, batch_size: int, window: int, seed: int) -> tf.data.Dataset:
+    """Examples -> the same examples, each window of `window` batches sorted by length into batches whose
+    order is then shuffled (seeded by the window's place in the stream, so a resumed run sees the same)."""
+    def regroup(index, ex):
+        order = tf.argsort(_row_lengths(ex), stable=True)
+        ex = {k: tf.gather(v, order) for k, v in ex.items()}
+        perm = tf.argsort(tf.random.stateless_uniform([window], seed=tf.stack([tf.cast(seed, tf.int64), index])))
+        rows = tf.reshape(perm[:, None] * batch_size + tf.range(batch_size, dtype=perm.dtype)[None, :], [-1])
+        return tf.data.Dataset.from_tensor_slices({k: tf.gather(v, rows) for k, v in ex.items()})
+    return ds.batch(batch_size * window, drop_remainder=True).enumerate().flat_map(regroup)
+
+
+def check_length_buckets(buckets: Optional[Mapping[str, Sequence[int]]], groups: Mapping[str, Sequence[str]]):
+    """LENGTH_BUCKETS must name the model's length groups and list positive lengths."""
+    if not buckets:
+        return
+    unknown = sorted(set(buckets) - set(groups))
+    if unknown:
+        raise UserError(f"LENGTH_BUCKETS={dict(buckets)}: unknown {unknown}; this model's length groups are "
+                        f"{sorted(groups)}")
+    for name, lengths in buckets.items():
+        if not lengths or any(int(n) < 1 for n in lengths):
+            raise UserError(f"LENGTH_BUCKETS[{name!r}]={list(lengths)}: give one or more positive lengths")
+
+
+def used_length(x) -> int:
+    """Columns up to the last one holding a nonzero value in any row (0 for all padding)."""
+    x = np.asarray(x)
+    columns = np.flatnonzero(x.reshape(-1, x.shape[-1]).any(axis=0))
+    return int(columns[-1]) + 1 if columns.size else 0
+
+
+def trim_to_buckets(batch: Mapping[str, np.ndarray], groups: Mapping[str, Sequence[str]],
+                    buckets: Optional[Mapping[str, Sequence[int]]]) -> Mapping[str, np.ndarray]:
+    """Each length group's features cut to the smallest bucket that keeps every nonzero value of the batch
+    (the features' own length when no bucket is that long).  With several processes, the longest need of
+    any process decides, so every process runs the same program.  groups: `model.LENGTH_GROUPS`."""
+    if not buckets:
+        return batch
+    names = [g for g in sorted(buckets) if any(f in batch for f in groups[g])]
+    needed = np.array([max(used_length(batch[f]) for f in groups[g] if f in batch) for g in names], np.int32)
+    if jax.process_count() > 1:
+        needed = np.asarray(multihost_utils.process_allgather(needed)).max(axis=0)
+    out = dict(batch)
+    for name, need in zip(names, needed):
+        features = [f for f in groups[name] if f in batch]
+        full = np.shape(batch[features[0]])[-1]
+        length = min([int(n) for n in buckets[name] if need <= int(n) < full] + [full])
+        for f in features:
+            out[f] = np.asarray(batch[f])[..., :length]
+    return out
 
 
 def numpy_batches(ds: tf.data.Dataset) -> Iterator[Mapping[str, np.ndarray]]:

@@ -23,8 +23,8 @@ import numpy as np
 import seqio
 
 from prompt_tuning.models import PROMPT_INDEX
-from prompt_tuning.train import data
-from prompt_tuning.train.evaluation import Evaluator, _gather, _scalar, broadcast_metrics, decoding_options
+from prompt_tuning.train.evaluation import (Evaluator, broadcast_metrics, bucket_trimmer, decoding_options, gather,
+                                            global_batch, metric_value)
 
 ENSEMBLE, AVERAGE, BEST = "ensemble", "average", "best"
 
@@ -68,16 +68,12 @@ def repeat_over_rows(batch: Mapping[str, np.ndarray], rows: Sequence[int]) -> Di
     return out
 
 
-def _global_batches(ds, batch_size: int, rows: Sequence[int], mesh):
+def _global_batches(ds, batch_size: int, rows: Sequence[int], mesh, trim=None):
     """(indices, n, global batch of batch_size * N rows) over an enumerated, feature-converted dataset."""
-    total = batch_size * len(rows)
-    local = data.local_batch_size(total)
-    start = jax.process_index() * local
+    trim = trim or (lambda batch: batch)
     for index, features in ds.batch(batch_size).as_numpy_iterator():
-        n = len(index)
-        padded = {k: np.pad(v, [(0, batch_size - n)] + [(0, 0)] * (v.ndim - 1)) for k, v in features.items()}
-        repeated = repeat_over_rows(padded, rows)
-        yield index, n, data.to_global({k: v[start:start + local] for k, v in repeated.items()}, mesh)
+        padded = {k: np.pad(v, [(0, batch_size - len(index))] + [(0, 0)] * (v.ndim - 1)) for k, v in features.items()}
+        yield index, len(index), global_batch(trim(repeat_over_rows(padded, rows)), mesh)
 
 
 class EnsembleEvaluator(Evaluator):
@@ -94,8 +90,10 @@ class EnsembleEvaluator(Evaluator):
     def __init__(self, trainer, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  batch_size: int, rows: Sequence[int], split: str = "validation",
                  num_examples: Optional[int] = None, output_dir: Optional[str] = None,
-                 decoding: Optional[dict] = None, eos_id: int = 1, names: Optional[Sequence[str]] = None):
+                 decoding: Optional[dict] = None, eos_id: int = 1, names: Optional[Sequence[str]] = None,
+                 length_buckets=None):
         self.trainer, self.batch_size, self.output_dir, self.eos_id = trainer, batch_size, output_dir, eos_id
+        self.trim = bucket_trimmer(trainer.model, length_buckets)
         self.decoding = decoding or decoding_options()
         self.rows = [int(r) for r in rows]
         if not self.rows:
@@ -115,18 +113,18 @@ class EnsembleEvaluator(Evaluator):
 
         def predict(ds):
             out = []
-            for index, count, batch in _global_batches(ds, self.batch_size, self.rows, mesh):
+            for index, count, batch in _global_batches(ds, self.batch_size, self.rows, mesh, self.trim):
                 tokens, _ = model.predict_batch(params, batch, max_decode_len=self._max_decode_len,
                                                 eos_id=self.eos_id, **self.decoding)
-                tokens = _gather(tokens).reshape(self.batch_size, n, -1)[:count]
+                tokens = gather(tokens).reshape(self.batch_size, n, -1)[:count]
                 out.extend((int(i), t.tolist()) for i, t in zip(index, tokens))
             store["predict"] = out
             return [(i, t[0]) for i, t in out]
 
         def score(ds):
             out = []
-            for index, count, batch in _global_batches(ds, self.batch_size, self.rows, mesh):
-                scores = _gather(self.trainer.score_batch(state, batch)).reshape(self.batch_size, n)[:count]
+            for index, count, batch in _global_batches(ds, self.batch_size, self.rows, mesh, self.trim):
+                scores = gather(self.trainer.score_batch(state, batch)).reshape(self.batch_size, n)[:count]
                 out.extend((int(i), s) for i, s in zip(index, scores))
             store["score"] = out
             return [(i, float(s[0])) for i, s in out]
@@ -172,7 +170,7 @@ class EnsembleEvaluator(Evaluator):
 def _metrics(result) -> Dict[str, Dict[str, float]]:
     """seqio's (future, outputs) -> {task: {metric: float}} ({} on processes that compute none)."""
     future, _ = result
-    return {task: {name: float(_scalar(v)) for name, v in metrics.items()}
+    return {task: {name: float(metric_value(v)) for name, v in metrics.items()}
             for task, metrics in (future.result() or {}).items()}
 
 

@@ -27,29 +27,120 @@ def decoding_options(method: str = "greedy", num_decodes: int = 1, temperature: 
     return dict(method=method, num_decodes=num_decodes, temperature=temperature, topk=topk, topp=topp, alpha=alpha)
 
 
-def _gather(x) -> np.ndarray:
+def gather(x) -> np.ndarray:
+    """A global array's rows from every process, as numpy on each."""
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def iterate_global(ds, batch_size: int, mesh):
-    """(indices [n], global batch) over an enumerated seqio dataset; the last batch is padded with zeros."""
-    rows = data.local_batch_size(batch_size)
+def global_batch(batch: Mapping[str, np.ndarray], mesh):
+    """The same full batch on every process -> global arrays, each process feeding its own slice of rows."""
+    size = len(next(iter(batch.values())))
+    rows = data.local_batch_size(size)
     start = jax.process_index() * rows
+    return data.to_global({k: v[start:start + rows] for k, v in batch.items()}, mesh)
+
+
+def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(x, [(0, size - len(x))] + [(0, 0)] * (x.ndim - 1))
+
+
+def iterate_global(ds, batch_size: int, mesh, trim=None):
+    """(indices [n], global batch) over an enumerated seqio dataset; the last batch is padded with zeros.
+    trim: applied to each padded numpy batch first (`data.trim_to_buckets`)."""
+    trim = trim or (lambda batch: batch)
     for index, features in ds.batch(batch_size).as_numpy_iterator():
-        n = len(index)
-        padded = {k: np.pad(v, [(0, batch_size - n)] + [(0, 0)] * (v.ndim - 1)) for k, v in features.items()}
-        local = {k: v[start:start + rows] for k, v in padded.items()}
-        yield index, n, data.to_global(local, mesh)
+        padded = trim({k: _pad_rows(v, batch_size) for k, v in features.items()})
+        yield index, len(index), global_batch(padded, mesh)
+
+
+def bucket_trimmer(model: BaseModel, length_buckets):
+    """The batch -> batch function that cuts padding to LENGTH_BUCKETS for this model (None: keep it)."""
+    if not length_buckets:
+        return None
+    data.check_length_buckets(length_buckets, model.LENGTH_GROUPS)
+    return lambda batch: data.trim_to_buckets(batch, model.LENGTH_GROUPS, length_buckets)
+
+
+# ---------------------------------------------------------------------------------------- rank classification
+def input_runs(rows: Mapping[str, np.ndarray], keys) -> List[Tuple[int, int]]:
+    """(start, length) of each run of consecutive rows equal in `keys`: the rows of one input, each with another
+    candidate target (a `_rank` task writes an example's candidates one after another).  Equal inputs that
+    follow each other form one run even when they are different examples: they share the encoding too."""
+    n = len(next(iter(rows.values())))
+    if n == 0:
+        return []
+    same = np.ones(n - 1, bool)
+    for k in keys:
+        v = rows[k].reshape(n, -1)
+        same &= (v[1:] == v[:-1]).all(axis=1)
+    starts = np.concatenate([[0], np.flatnonzero(~same) + 1])
+    return list(zip(starts.tolist(), np.diff(np.append(starts, n)).tolist()))
+
+
+def candidate_batch(rows: Mapping[str, np.ndarray], runs, input_keys, size: int, width: int) -> dict:
+    """Runs of rows -> one `score_candidates` batch: inputs [size, ...] (each run's first row) and the
+    other features [size, width, ...] (the run's candidates); missing runs and candidates are zeros."""
+    batch = {}
+    for k, v in rows.items():
+        if k in input_keys:
+            batch[k] = _pad_rows(np.stack([v[start] for start, _ in runs]), size)
+        else:
+            out = np.zeros((size, width) + v.shape[1:], v.dtype)
+            for g, (start, n) in enumerate(runs):
+                out[g, :n] = v[start:start + n]
+            batch[k] = out
+    return batch
+
+
+def score_dataset(trainer: Trainer, state: TrainState, ds, batch_size: int,
+                  length_buckets=None) -> List[Tuple[int, float]]:
+    """(example index, score) for every row of an enumerated, feature-converted dataset.
+
+    Rows whose input features are equal and adjacent (rank classification's candidates) are scored together
+    by `trainer.score_candidates`: batch_size inputs at a time, each encoded once.  Without such runs, or for
+    a model without `INPUT_FEATURES`, rows are scored batch_size at a time by `trainer.score_batch`.
+    """
+    model, mesh = trainer.model, trainer.mesh
+    input_keys = model.INPUT_FEATURES
+    trim = bucket_trimmer(model, length_buckets) or (lambda batch: batch)
+    if not input_keys:
+        return [(int(i), float(s)) for index, n, batch in iterate_global(ds, batch_size, mesh, trim)
+                for i, s in zip(index, gather(trainer.score_batch(state, batch))[:n])]
+    indices, rows = [], {}
+    for index, features in ds.batch(batch_size).as_numpy_iterator():
+        indices.append(index)
+        for k, v in features.items():
+            rows.setdefault(k, []).append(v)
+    if not indices:
+        return []
+    index = np.concatenate(indices)
+    rows = {k: np.concatenate(v) for k, v in rows.items()}
+    runs = input_runs(rows, [k for k in input_keys if k in rows])
+    width = max(n for _, n in runs)
+    scores = np.zeros(len(index))
+    if width == 1:
+        for start in range(0, len(index), batch_size):
+            batch = {k: _pad_rows(v[start:start + batch_size], batch_size) for k, v in rows.items()}
+            part = gather(trainer.score_batch(state, global_batch(trim(batch), mesh)))
+            scores[start:start + batch_size] = part[:len(index) - start]
+    else:
+        for first in range(0, len(runs), batch_size):
+            chunk = runs[first:first + batch_size]
+            batch = candidate_batch(rows, chunk, input_keys, batch_size, width)
+            part = gather(trainer.score_candidates(state, global_batch(trim(batch), mesh)))  # [batch_size, width]
+            for g, (start, n) in enumerate(chunk):
+                scores[start:start + n] = part[g, :n]
+    return [(int(i), float(s)) for i, s in zip(index, scores)]
 
 
 def predict_dataset(model: BaseModel, params, ds, batch_size: int, mesh, max_decode_len: int, eos_id: int = 1,
-                    decoding: Optional[dict] = None) -> List[Tuple[int, List[int]]]:
+                    decoding: Optional[dict] = None, length_buckets=None) -> List[Tuple[int, List[int]]]:
     """(example index, decoded token ids) for every example of an enumerated, feature-converted dataset."""
     decoding = decoding or decoding_options()
     out = []
-    for index, n, batch in iterate_global(ds, batch_size, mesh):
+    for index, n, batch in iterate_global(ds, batch_size, mesh, bucket_trimmer(model, length_buckets)):
         tokens, _ = model.predict_batch(params, batch, max_decode_len=max_decode_len, eos_id=eos_id, **decoding)
-        out.extend((int(i), t.tolist()) for i, t in zip(index, _gather(tokens)[:n]))
+        out.extend((int(i), t.tolist()) for i, t in zip(index, gather(tokens)[:n]))
     return out
 
 
@@ -59,13 +150,16 @@ class Evaluator:
 
     task_rows: {task name: prompt-bank row} when each task has its own prompt (a multi-task bank); every task
     of the mixture is then evaluated with its row, and its metrics are reported under its name as usual.
+    length_buckets: cut each batch's padding to these lengths (see data.trim_to_buckets); metrics unchanged.
     """
 
     def __init__(self, trainer: Trainer, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                  batch_size: int, split: str = "validation", num_examples: Optional[int] = None,
                  output_dir: Optional[str] = None, decoding: Optional[dict] = None, eos_id: int = 1,
-                 task_rows: Optional[Mapping[str, int]] = None):
+                 task_rows: Optional[Mapping[str, int]] = None, length_buckets=None):
         self.trainer, self.batch_size, self.output_dir, self.eos_id = trainer, batch_size, output_dir, eos_id
+        data.check_length_buckets(length_buckets, trainer.model.LENGTH_GROUPS)
+        self.length_buckets = length_buckets
         data.check_split(mixture_or_task_name, split)   # seqio would skip a task without it, silently
         self.decoding = decoding or decoding_options()
 
@@ -88,17 +182,11 @@ class Evaluator:
     def _predict_fn(self, params):
         def predict(ds):
             return predict_dataset(self.trainer.model, params, ds, self.batch_size, self.trainer.mesh,
-                                   self._max_decode_len, self.eos_id, self.decoding)
+                                   self._max_decode_len, self.eos_id, self.decoding, self.length_buckets)
         return predict
 
     def _score_fn(self, state):
-        def score(ds):
-            out = []
-            for index, n, batch in iterate_global(ds, self.batch_size, self.trainer.mesh):
-                scores = _gather(self.trainer.score_batch(state, batch))[:n]
-                out.extend((int(i), float(s)) for i, s in zip(index, scores))
-            return out
-        return score
+        return lambda ds: score_dataset(self.trainer, state, ds, self.batch_size, self.length_buckets)
 
     def history(self) -> List[Dict[str, float]]:
         """The evaluations earlier starts of this run wrote (<output_dir>/metrics.jsonl), oldest first."""
@@ -117,7 +205,7 @@ class Evaluator:
             future, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
                                            predict_fn=self._predict_fn(params), score_fn=self._score_fn(state))
             results = future.result() or {}
-            flat.update({f"{task}/{name}": float(_scalar(value)) for task, metrics in results.items()
+            flat.update({f"{task}/{name}": float(metric_value(value)) for task, metrics in results.items()
                          for name, value in metrics.items()})
         if self.output_dir and jax.process_index() == 0 and flat:
             os.makedirs(self.output_dir, exist_ok=True)
@@ -127,8 +215,8 @@ class Evaluator:
         return broadcast_metrics(flat)
 
 
-def _scalar(value):
-    """seqio returns clu metric objects or plain numbers."""
+def metric_value(value):
+    """A metric as a plain number (seqio returns clu metric objects or plain numbers)."""
     if hasattr(value, "compute"):
         value = value.compute()
     if hasattr(value, "value"):

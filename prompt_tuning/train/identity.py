@@ -3,8 +3,8 @@
 In it: the data stream (task, split, feature lengths, batch size, seeds, shuffling, prompt rows), the loss
 settings, what is trained and how (trainable regex, each trainable array's shape, a fingerprint of the
 initial prompt, which covers its initializer and seed, and the optimizer's gin bindings), and the frozen
-model's content.  Not in it: the mesh, the device count, MODEL_PARALLEL_SIZE and NUM_MICROBATCHES, which a
-run may change between starts without changing its steps.
+model's content.  Not in it: the mesh, the device count, MODEL_PARALLEL_SIZE, NUM_MICROBATCHES and
+LENGTH_BUCKETS, which a run may change between starts without changing its steps.
 """
 import dataclasses
 import hashlib
@@ -19,6 +19,8 @@ from flax import traverse_util
 
 # Values of each array hashed by `fingerprint`: enough to tell models apart, cheap for XXL.
 SAMPLES_PER_ARRAY = 4096
+# DatasetConfig fields that change the steps' shapes, not their values.
+NOT_IDENTITY = ("length_buckets",)
 # The optimizer configurables whose gin bindings are part of the identity.
 OPTIMIZER_CONFIGURABLES = tuple(f"prompt_tuning.train.optimizers.{name}" for name in (
     "make_optimizer", "adafactor", "adam", "sgd", "learning_rate_schedule"))
@@ -54,7 +56,7 @@ def run_identity(trainer, dataset_cfg) -> Dict[str, Any]:
     """The identity of a run of `trainer` (see setup.build_trainer) on `dataset_cfg` (a data.DatasetConfig)."""
     shapes = {k: list(v.shape) for k, v in traverse_util.flatten_dict(trainer.initial_trainable, sep="/").items()}
     identity = {
-        "data": {k: v for k, v in dataclasses.asdict(dataset_cfg).items()},
+        "data": {k: v for k, v in dataclasses.asdict(dataset_cfg).items() if k not in NOT_IDENTITY},
         "loss": {"z_loss": trainer.z_loss, "loss_normalizing_factor": str(trainer.loss_normalizing_factor)},
         "trainable_regex": trainer.trainable_regex,
         "trainable_shapes": shapes,

@@ -89,6 +89,7 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     lengths = dict(train_dataset_cfg.task_feature_lengths)
     rows = data.prompt_row_names(train_dataset_cfg)
     data.check_batch_size(train_dataset_cfg, mesh)
+    data.check_length_buckets(train_dataset_cfg.length_buckets, model.LENGTH_GROUPS)
     trainer = setup.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed,
                                   trainable_regex=trainable_regex, num_microbatches=num_microbatches, z_loss=z_loss,
                                   loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype,
@@ -168,11 +169,12 @@ def _evaluator(trainer, cfg, lengths, model_dir, wanted, split, num_examples, ba
         from prompt_tuning.train.ensemble import EnsembleEvaluator
         return EnsembleEvaluator(trainer, cfg.mixture_or_task_name, lengths, batch_size or cfg.batch_size,
                                  rows=range(cfg.prompt_rows), split=split, num_examples=num_examples,
-                                 output_dir=os.path.join(model_dir, "eval"))
+                                 output_dir=os.path.join(model_dir, "eval"), length_buckets=cfg.length_buckets)
     rows = data.prompt_row_names(cfg) if cfg.prompt_rows == data.PER_TASK else None
     return Evaluator(trainer, cfg.mixture_or_task_name, lengths, batch_size or cfg.batch_size, split=split,
                      num_examples=num_examples, output_dir=os.path.join(model_dir, "eval"),
-                     task_rows=None if rows is None else {name: i for i, name in enumerate(rows)})
+                     task_rows=None if rows is None else {name: i for i, name in enumerate(rows)},
+                     length_buckets=cfg.length_buckets)
 
 
 class _Run:
@@ -218,6 +220,7 @@ class _Run:
                 raise UserError(f"MIXTURE_OR_TASK_NAME={self.cfg.mixture_or_task_name!r} split "
                                 f"{self.cfg.split!r} gave no batch of BATCH_SIZE={self.cfg.batch_size} examples "
                                 "(an empty or too small data file?)") from None
+            batch = data.trim_to_buckets(batch, self.trainer.model.LENGTH_GROUPS, self.cfg.length_buckets)
             state, metrics = self.trainer.train_step(state, data.to_global(batch, mesh))
             self.result.step = step
             if step % log_every == 0 or step == train_steps or self.checkpointer.due(step):

@@ -100,7 +100,7 @@ class Trainer:
         self.initial_trainable = trainable
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
         self._train_step = None
-        self._score = None
+        self._score = {}           # candidates (bool) -> jitted scoring program
         self._unchecked = []       # (step, health) of the steps since the last check_health, on the device
         self.skipped_steps = 0     # non-finite steps skipped (on_nonfinite='skip') in this process
 
@@ -246,28 +246,30 @@ class Trainer:
     def params_for_eval(self, state: TrainState) -> PyTree:
         return optimizers.merge_params(state.trainable, self.frozen)
 
-    def _score_rows(self, frozen, trainable, batch):
-        """Per-example scores, computed `num_microbatches` rows at a time when the batch splits evenly.
+    def _score_rows(self, frozen, trainable, batch, candidates=False):
+        """Per-example scores, computed `num_microbatches` examples at a time when the batch splits evenly.
 
         Scores are per example, so the split changes no number; it keeps the [b, heads, L, L] attention
         tensors small enough to stay in cache (12-15% faster on W-small with 2 or 4 slices).
+        candidates: the batch holds C candidate targets per example (`model.score_candidates`, [B, C]).
         """
         def score(mb):
-            return self.model.score_batch(optimizers.merge_params(trainable, frozen), mb)
+            params = optimizers.merge_params(trainable, frozen)
+            return (self.model.score_candidates if candidates else self.model.score_batch)(params, mb)
         m = self.num_microbatches
         rows = batch["decoder_target_tokens"].shape[0]
         if m <= 1 or rows % (m * self.mesh.shape["data"]):
             return score(batch)
-        per_slice = jax.lax.map(score, self._split_microbatches(batch))  # [M, B/M]: slice i = rows i, i+M, ...
-        return per_slice.swapaxes(0, 1).reshape(rows)
+        per_slice = jax.lax.map(score, self._split_microbatches(batch))  # [M, B/M, ...]: slice i = rows i, i+M, ...
+        return per_slice.swapaxes(0, 1).reshape(rows, *per_slice.shape[2:])
 
-    def _jitted_score(self):
-        if self._score is None:
-            self._score = jax.jit(
-                partitioning.constrained(self._score_rows, self.mesh),
+    def _jitted_score(self, candidates=False):
+        if candidates not in self._score:
+            self._score[candidates] = jax.jit(
+                partitioning.constrained(functools.partial(self._score_rows, candidates=candidates), self.mesh),
                 in_shardings=(self.frozen_shardings, self.trainable_shardings, self.batch_sharding),
                 out_shardings=NamedSharding(self.mesh, PartitionSpec()))
-        return self._score
+        return self._score[candidates]
 
     def score_batch(self, state: TrainState, batch: Batch) -> jax.Array:
         """Summed log-likelihood of each example's targets (rank classification), [B]."""
@@ -276,6 +278,11 @@ class Trainer:
     def lower_score_batch(self, state: TrainState, batch: Batch) -> jax.stages.Lowered:
         """The scoring program for these shapes, lowered (see `lower_train_step`)."""
         return self._jitted_score().lower(self.frozen, state.trainable, self.model.features(batch))
+
+    def score_candidates(self, state: TrainState, batch: Batch) -> jax.Array:
+        """[B, C] scores of C candidate targets per input (decoder features [B, C, T]); see
+        `BaseModel.score_candidates`: an encoder-decoder encodes each input once."""
+        return self._jitted_score(candidates=True)(self.frozen, state.trainable, self.model.features(batch))
 
     def predict_batch(self, state: TrainState, batch: Batch, **decoding_options):
         """The model's cached decoding with this state's prompt (see `BaseModel.predict_batch`)."""
