@@ -105,7 +105,7 @@ def test_rank_task_scores_once_per_input_and_as_per_row(world, monkeypatch):
     np.testing.assert_allclose([s for _, s in shared], [s for _, s in per_row], atol=1e-5, rtol=0)
 
     evaluator = evaluation.Evaluator(trainer, RANK_TASK, LENGTHS, 4, task_rows={RANK_TASK: 1})
-    monkeypatch.setattr(evaluation, "score_dataset", lambda trainer, state, ds, batch_size: per_row)
+    monkeypatch.setattr(evaluation, "score_dataset", lambda *args: per_row)
     expected = evaluator.evaluate(state, 0)
     monkeypatch.undo()
     assert evaluator.evaluate(state, 0) == expected

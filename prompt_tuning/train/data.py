@@ -178,9 +178,9 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
 
 
 def _row_lengths(ex) -> tf.Tensor:
-    """Real tokens per row over the token features (what padding to a bucket has to keep)."""
-    return tf.add_n([tf.math.count_nonzero(v, axis=-1, dtype=tf.int32) for k, v in sorted(ex.items())
-                     if k.endswith("_tokens")])
+    """Each row's longest token feature (real tokens): the length a batch of such rows is padded to."""
+    counts = [tf.math.count_nonzero(v, axis=-1, dtype=tf.int32) for k, v in sorted(ex.items()) if k.endswith("_tokens")]
+    return tf.reduce_max(tf.stack(counts), axis=0)
 
 
 def group_by_length(ds: tf.data.Dataset, batch_size: int, window: int, seed: int) -> tf.data.Dataset:
