@@ -115,20 +115,20 @@ def test_one_batched_forward_over_prompts_of_different_lengths(world, tmp_path, 
     vote is p3's (two of three rows); the report has Table 3's columns."""
     _, _, _, prompts, single = world
     seen = []
-    predict, score = models.EncoderDecoderModel.predict_batch, trainer_lib.Trainer.score_batch
 
-    def spy_predict(self, params, batch, **kw):
-        seen.append(np.asarray(jax.device_get(batch["prompt_index"])))
-        return predict(self, params, batch, **kw)
-
-    def spy_score(self, state, batch):
-        seen.append(np.asarray(jax.device_get(batch["prompt_index"])))
-        return score(self, state, batch)
-    monkeypatch.setattr(models.EncoderDecoderModel, "predict_batch", spy_predict)
-    monkeypatch.setattr(trainer_lib.Trainer, "score_batch", spy_score)
+    def spy(original):
+        def call(self, params_or_state, batch, **kw):
+            seen.append((original.__name__, np.asarray(jax.device_get(batch["prompt_index"]))))
+            return original(self, params_or_state, batch, **kw)
+        return call
+    monkeypatch.setattr(models.EncoderDecoderModel, "predict_batch", spy(models.EncoderDecoderModel.predict_batch))
+    monkeypatch.setattr(trainer_lib.Trainer, "score_batch", spy(trainer_lib.Trainer.score_batch))
+    monkeypatch.setattr(trainer_lib.Trainer, "score_candidates", spy(trainer_lib.Trainer.score_candidates))
     metrics = _ensemble_eval(world, [prompts["p3"], prompts["q5"], prompts["p3"]], tmp_path)
-    # 16 examples / 8 per batch = 2 decoding calls; 16 x 2 labels / 8 = 4 scoring calls; 24 rows each.
-    assert len(seen) == 6 and all(np.array_equal(s, np.tile([0, 1, 2], 8)) for s in seen)
+    # 16 examples / 8 per batch = 2 decoding calls; the rank task's 16 inputs (2 labels each) / 8 per call =
+    # 2 scoring calls, each input encoded once per prompt; every call holds 8 inputs x the 3 prompts.
+    assert [name for name, _ in seen] == ["predict_batch"] * 2 + ["score_candidates"] * 2
+    assert all(np.array_equal(rows, np.tile([0, 1, 2], 8)) for _, rows in seen)
     for task in (testing.TINY_TASK, RANK_TASK):
         for key, name in (("prompt_0", "p3"), ("prompt_1", "q5"), ("prompt_2", "p3")):
             assert metrics[f"{task}/{key}/accuracy"] == pytest.approx(single[name][f"{task}/accuracy"]), key

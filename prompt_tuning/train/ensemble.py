@@ -8,7 +8,8 @@ outputs each prompt's own metrics are computed, and the ensemble's:
   the same count) go to the tied answer given by the lowest prompt row (so with N copies of one prompt the
   ensemble is that prompt, and with all answers different it is row 0's);
 - rank classification: the N prompts' scores (summed log-likelihoods) summed per example, i.e. the
-  product of their likelihoods.
+  product of their likelihoods.  A `_rank` task's label candidates share their input's encoding
+  (evaluation.score_dataset): each call encodes B inputs x N prompts once and scores their candidates.
 
 The report gives, per task and metric, each prompt's value, their average, standard deviation and best
 (highest) and the ensemble's, as JSON lines and as a Markdown table with Table 3's columns.
@@ -22,9 +23,8 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.models import PROMPT_INDEX
 from prompt_tuning.train.evaluation import (Evaluator, broadcast_metrics, bucket_trimmer, decoding_options, gather,
-                                            global_batch, metric_value)
+                                            global_batch, metric_value, repeat_over_rows, score_dataset)
 
 ENSEMBLE, AVERAGE, BEST = "ensemble", "average", "best"
 
@@ -60,14 +60,6 @@ def _strip(tokens, eos_id: int = 1):
 
 
 # ---------------------------------------------------------------------------------------- one batched forward
-def repeat_over_rows(batch: Mapping[str, np.ndarray], rows: Sequence[int]) -> Dict[str, np.ndarray]:
-    """B examples -> B * N rows: example e with prompt rows[i] at row e * N + i."""
-    n = len(rows)
-    out = {k: np.repeat(np.asarray(v), n, axis=0) for k, v in batch.items() if k != PROMPT_INDEX}
-    out[PROMPT_INDEX] = np.tile(np.asarray(rows, np.int32), len(next(iter(batch.values()))))
-    return out
-
-
 def _global_batches(ds, batch_size: int, rows: Sequence[int], mesh, trim=None):
     """(indices, n, global batch of batch_size * N rows) over an enumerated, feature-converted dataset."""
     trim = trim or (lambda batch: batch)
@@ -93,7 +85,7 @@ class EnsembleEvaluator(Evaluator):
                  decoding: Optional[dict] = None, eos_id: int = 1, names: Optional[Sequence[str]] = None,
                  length_buckets=None):
         self.trainer, self.batch_size, self.output_dir, self.eos_id = trainer, batch_size, output_dir, eos_id
-        self.trim = bucket_trimmer(trainer.model, length_buckets)
+        self.length_buckets, self.trim = length_buckets, bucket_trimmer(trainer.model, length_buckets)
         self.decoding = decoding or decoding_options()
         self.rows = [int(r) for r in rows]
         if not self.rows:
@@ -122,12 +114,8 @@ class EnsembleEvaluator(Evaluator):
             return [(i, t[0]) for i, t in out]
 
         def score(ds):
-            out = []
-            for index, count, batch in _global_batches(ds, self.batch_size, self.rows, mesh, self.trim):
-                scores = gather(self.trainer.score_batch(state, batch)).reshape(self.batch_size, n)[:count]
-                out.extend((int(i), s) for i, s in zip(index, scores))
-            store["score"] = out
-            return [(i, float(s[0])) for i, s in out]
+            store["score"] = score_dataset(self.trainer, state, ds, self.batch_size, self.length_buckets, self.rows)
+            return [(i, float(s[0])) for i, s in store["score"]]
         return store, predict, score
 
     def evaluate(self, state, step: int) -> Dict[str, float]:

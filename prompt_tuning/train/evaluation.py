@@ -6,7 +6,7 @@ as JSON lines (MODEL_DIR/eval/metrics.jsonl) and TensorBoard scalars by the call
 """
 import json
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -15,7 +15,7 @@ import seqio
 from jax.experimental import multihost_utils
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.models import BaseModel
+from prompt_tuning.models import PROMPT_INDEX, BaseModel
 from prompt_tuning.train import data
 from prompt_tuning.train.trainer import Trainer, TrainState
 
@@ -92,20 +92,34 @@ def candidate_batch(rows: Mapping[str, np.ndarray], runs, input_keys, size: int,
     return batch
 
 
-def score_dataset(trainer: Trainer, state: TrainState, ds, batch_size: int,
-                  length_buckets=None) -> List[Tuple[int, float]]:
+def repeat_over_rows(batch: Mapping[str, np.ndarray], rows: Sequence[int]) -> Dict[str, np.ndarray]:
+    """B examples -> B * N rows: example e with prompt-bank row rows[i] at row e * N + i (an ensemble)."""
+    n = len(rows)
+    out = {k: np.repeat(np.asarray(v), n, axis=0) for k, v in batch.items() if k != PROMPT_INDEX}
+    out[PROMPT_INDEX] = np.tile(np.asarray(rows, np.int32), len(next(iter(batch.values()))))
+    return out
+
+
+def score_dataset(trainer: Trainer, state: TrainState, ds, batch_size: int, length_buckets=None,
+                  prompt_rows: Optional[Sequence[int]] = None) -> List[Tuple[int, Any]]:
     """(example index, score) for every row of an enumerated, feature-converted dataset.
 
     Rows whose input features are equal and adjacent (rank classification's candidates) are scored together
     by `trainer.score_candidates`: batch_size inputs at a time, each encoded once.  Without such runs, or for
     a model without `INPUT_FEATURES`, rows are scored batch_size at a time by `trainer.score_batch`.
+    prompt_rows: score every row with each of these prompt-bank rows, all in the same call (an ensemble);
+    each score is then an array [N], in the order of prompt_rows.
     """
     model, mesh = trainer.model, trainer.mesh
-    input_keys = model.INPUT_FEATURES
+    n = len(prompt_rows) if prompt_rows else 1
     trim = bucket_trimmer(model, length_buckets) or (lambda batch: batch)
-    if not input_keys:
-        return [(int(i), float(s)) for index, n, batch in iterate_global(ds, batch_size, mesh, trim)
-                for i, s in zip(index, gather(trainer.score_batch(state, batch))[:n])]
+
+    def prepare(batch):
+        return global_batch(trim(repeat_over_rows(batch, prompt_rows) if prompt_rows else batch), mesh)
+
+    def per_row(rows_batch):   # [batch_size] rows -> [batch_size, N]
+        return gather(trainer.score_batch(state, prepare(rows_batch))).reshape(batch_size, n)
+
     indices, rows = [], {}
     for index, features in ds.batch(batch_size).as_numpy_iterator():
         indices.append(index)
@@ -115,22 +129,21 @@ def score_dataset(trainer: Trainer, state: TrainState, ds, batch_size: int,
         return []
     index = np.concatenate(indices)
     rows = {k: np.concatenate(v) for k, v in rows.items()}
-    runs = input_runs(rows, [k for k in input_keys if k in rows])
-    width = max(n for _, n in runs)
-    scores = np.zeros(len(index))
-    if width == 1:
+    runs = input_runs(rows, [k for k in model.INPUT_FEATURES if k in rows]) if model.INPUT_FEATURES else []
+    scores = np.zeros((len(index), n))
+    if not runs or max(length for _, length in runs) == 1:
         for start in range(0, len(index), batch_size):
-            batch = {k: _pad_rows(v[start:start + batch_size], batch_size) for k, v in rows.items()}
-            part = gather(trainer.score_batch(state, global_batch(trim(batch), mesh)))
+            part = per_row({k: _pad_rows(v[start:start + batch_size], batch_size) for k, v in rows.items()})
             scores[start:start + batch_size] = part[:len(index) - start]
     else:
+        width = max(length for _, length in runs)
         for first in range(0, len(runs), batch_size):
             chunk = runs[first:first + batch_size]
-            batch = candidate_batch(rows, chunk, input_keys, batch_size, width)
-            part = gather(trainer.score_candidates(state, global_batch(trim(batch), mesh)))  # [batch_size, width]
-            for g, (start, n) in enumerate(chunk):
-                scores[start:start + n] = part[g, :n]
-    return [(int(i), float(s)) for i, s in zip(index, scores)]
+            batch = prepare(candidate_batch(rows, chunk, model.INPUT_FEATURES, batch_size, width))
+            part = gather(trainer.score_candidates(state, batch)).reshape(batch_size, n, width)
+            for g, (start, length) in enumerate(chunk):
+                scores[start:start + length] = part[g, :, :length].T
+    return [(int(i), s if prompt_rows else float(s[0])) for i, s in zip(index, scores)]
 
 
 def predict_dataset(model: BaseModel, params, ds, batch_size: int, mesh, max_decode_len: int, eos_id: int = 1,
