@@ -23,6 +23,8 @@ Systems:
              scaling, clip 1.0, weight decay 1e-5), over the prompt only.  Needs the `torch` extra.
   peft_compile  the same model under torch.compile (Inductor, default mode), train and score phases: the
              strongest PyTorch peer.  Its compile time is in the warm-up calls, not in the timed ones.
+  peft_bf16  the eager model under torch.autocast('cpu', bfloat16): ours_bf16's peer (bfloat16 matmuls, float32
+             weights and optimizer).  Both only pay off where the CPU has bfloat16 dot products (AVX512-BF16/AMX).
 """
 import argparse
 import os
@@ -34,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN, VOCAB, make_batch  # noqa: E402,F401
 
-SYSTEMS = ("ours", "ours_bf16", "peft", "peft_compile")
-COMPILED_PHASES = ("train", "score")   # peft_compile: generate() is not compiled as a whole
+SYSTEMS = ("ours", "ours_bf16", "peft", "peft_compile", "peft_bf16")
+COMPILED_PHASES = ("train", "score")   # peft_compile / peft_bf16: generate() is neither compiled nor autocast
 PHASES = ("train", "score", "decode")
 
 
@@ -83,9 +85,14 @@ def _peft_setup(args):
     return torch, transformers, model, batch
 
 
-def run_peft(phase: str, args, compile_model: bool = False):
+def run_peft(phase: str, args, compile_model: bool = False, bf16: bool = False):
+    import contextlib
     torch, transformers, model, b = _peft_setup(args)
-    forward = torch.compile(model) if compile_model else model
+    compiled = torch.compile(model) if compile_model else model
+
+    def forward(**kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return compiled(**kw)
     input_ids = b["encoder_input_tokens"].long()
     attention_mask = (input_ids > 0).long()
     labels = b["decoder_target_tokens"].long()
@@ -126,7 +133,8 @@ def worker(args):
     system, phase = args.worker
     t0 = time.perf_counter()
     if system.startswith("peft"):
-        times, cpu, step_rss, per_call = run_peft(phase, args, compile_model=(system == "peft_compile"))
+        times, cpu, step_rss, per_call = run_peft(phase, args, compile_model=(system == "peft_compile"),
+                                                  bf16=(system == "peft_bf16"))
     else:
         times, cpu, step_rss, per_call = run_ours(phase, args, bf16=(system == "ours_bf16"))
     med = statistics.median(times)
@@ -188,7 +196,7 @@ def main(argv=None):
     for round_index in range(args.rounds):
         for phase in phases:
             for system in common.alternate(systems, round_index):
-                if system == "peft_compile" and phase not in COMPILED_PHASES:
+                if system in ("peft_compile", "peft_bf16") and phase not in COMPILED_PHASES:
                     continue
                 r = _run_child(system, phase, passthrough, args)
                 if r is None:
@@ -216,7 +224,7 @@ def _print_ratios(results, systems, phases):
     """Ours against each PyTorch peer: speed from the median of all timed calls pooled over rounds (and each
     round's own ratio, since a round runs both and so shares the machine's drift); memory from the largest peak."""
     for phase in phases:
-        for peer in ("peft", "peft_compile"):
+        for peer in ("peft", "peft_compile", "peft_bf16"):
             base = results.get((peer, phase))
             if not base:
                 continue
