@@ -196,11 +196,16 @@ def infer_mixed(trainer, state, rows, task, model_dir, lengths, batch_size, spli
         outputs = {f"{name}-{split}": lines for name, lines in decoded.items()}
     path = None
     for name, lines in outputs.items():
-        path = os.path.join(model_dir, "inference", f"{name}.jsonl")
-        if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                for line in lines:
-                    f.write(json.dumps(line) + "\n")
-            print(f"wrote {len(lines)} predictions to {path}")
+        path = write_predictions(os.path.join(model_dir, "inference", f"{name}.jsonl"), lines)
+    return path
+
+
+def write_predictions(path: str, lines: Sequence[dict]) -> str:
+    """The prediction records as JSON lines at `path` (process 0 writes; every process returns the path)."""
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            for line in lines:
+                f.write(json.dumps(line) + "\n")
+        print(f"wrote {len(lines)} predictions to {path}")
     return path

@@ -26,7 +26,6 @@ line.
 """
 from typing import Dict, Iterator, Optional, Sequence
 
-import numpy as np
 import seqio
 import tensorflow as tf
 

@@ -8,12 +8,10 @@ a per-task bank (a PROMPT_ROWS='per_task' run) writes one file per task, every b
 example with its task's row; INPUT_FILE (JSON lines {"inputs": text, "task": name} or {"inputs", "prompt": row})
 decodes those examples in mixed batches into MODEL_DIR/inference/<file name>.
 """
-import json
 import os
 from typing import Mapping, Optional, Sequence
 
 import gin
-import jax
 import seqio
 
 from prompt_tuning import gin_utils
@@ -28,6 +26,7 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
           model_parallel_size: int = 1, seed: int = 0, eos_id: int = 1, input_file: Optional[str] = None,
           length_buckets: Optional[Mapping[str, Sequence[int]]] = None) -> str:
     """Writes predictions; returns the JSON lines path (of the last task, for a mixture)."""
+    from prompt_tuning import inference
     from prompt_tuning.train import setup
     from prompt_tuning.train.evaluation import predict_dataset
     task = seqio.get_mixture_or_task(mixture_or_task_name)
@@ -36,7 +35,6 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
         model, lengths, model_parallel_size=model_parallel_size, initial_checkpoint_path=initial_checkpoint_path,
         prompt_checkpoint_path=prompt_checkpoint_path, seed=seed)
     if input_file or not isinstance(task, seqio.Task):
-        from prompt_tuning import inference
         return inference.infer_mixed(trainer, state, rows, task, model_dir, lengths, batch_size, split,
                                      num_examples, eos_id, input_file, length_buckets)
     if rows is not None and mixture_or_task_name not in rows:
@@ -59,13 +57,7 @@ def infer(*, model: BaseModel = gin.REQUIRED, model_dir: str = gin.REQUIRED,
         lines.append({"index": i, "inputs": in_vocab.decode(ex["inputs"].tolist()),
                       "prediction": vocab.decode([t for t in tokens if t > 0]),
                       "targets": vocab.decode(ex["targets"].tolist()) if "targets" in ex else None})
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        with open(out_path, "w") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
-        print(f"wrote {len(lines)} predictions to {out_path}")
-    return out_path
+    return inference.write_predictions(out_path, lines)
 
 
 def main(argv=None) -> str:
