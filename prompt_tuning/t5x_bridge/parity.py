@@ -1,18 +1,23 @@
 """The same prompt tuning run under `python -m t5x.train` and under `python -m prompt_tuning.train`, compared.
 
-  python -m prompt_tuning.t5x_bridge.parity [--steps 20] [--out DIR]
+  python -m prompt_tuning.t5x_bridge.parity [--steps 20] [--out DIR] [--variants ...] [--control]
 
 Both CLIs train the tiny shipped model's prompt on synthetic_second_letter with the same data order (no
 shuffling), the same initial prompt (one class-label row per letter: no sampling), no dropout, z-loss 1e-4,
 a constant learning rate 0.3, a checkpoint every step.  t5x runs in three variants:
 
-  same_optimizer   the project's optax Adafactor (optimizers.adafactor, through t5x's OptaxWrapper) and the
-                   project's loss normalisation (mean per target token): the implementations agree
+  same_optimizer   optax SGD in both (through t5x's OptaxWrapper) and the project's loss normalisation (mean
+                   per target token): the implementations agree
   t5x_adafactor    t5x's own Adafactor (t5x_cli's default), mean per target token
   t5x_defaults     t5x's own Adafactor and t5x's default LOSS_NORMALIZING_FACTOR=None (a plain sum)
 
 and the table gives max |prompt_t5x - prompt_ours| after each step.  Each t5x start takes a minute of
 imports and compilation on CPU.
+
+--control adds, for each project optimizer used, a column `ours_m2_<optimizer>`: prompt_tuning.train against
+itself with NUM_MICROBATCHES=2.  Accumulating two half-batch gradients is the same step in exact arithmetic
+but rounds differently, so that column is how far float32 rounding alone moves the prompt: the yardstick
+for the t5x columns.
 """
 import argparse
 import os
@@ -73,11 +78,13 @@ def t5x_train_command(model_dir: str, steps: int, gin_files: Sequence[str] = (),
             *_flags(bindings)]
 
 
-def project_train_command(model_dir: str, steps: int, optimizer: str = "adafactor") -> List[str]:
+def project_train_command(model_dir: str, steps: int, optimizer: str = "adafactor",
+                          extra: Optional[Dict[str, str]] = None) -> List[str]:
     bindings = dict(COMMON, **{"optimizers.make_optimizer.name": repr(optimizer)}, MODEL_DIR=repr(model_dir), TRAIN_STEPS=str(steps), EVAL_PERIOD="0", SEED="0",
                     KEEP_CHECKPOINTS="1", LOSS_NORMALIZING_FACTOR="'NUM_REAL_TARGET_TOKENS'",
                     **{"train/data.DatasetConfig.shuffle": "False",
                        "prompt_init/prompts.class_labels.vocab": "@prompts.byte_vocabulary()"})
+    bindings.update(extra or {})
     from prompt_tuning.scripts.find_module import gin_dir
     return [sys.executable, "-m", "prompt_tuning.train", f"--gin_search_paths={gin_dir()}",
             "--gin_file=models/synthetic_tiny_prompt.gin",
@@ -126,6 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default=None, help="directory for the runs (default: a new one under /tmp)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--control", action="store_true",
+                        help="also compare prompt_tuning.train with itself at NUM_MICROBATCHES=2 (rounding only)")
     args = parser.parse_args(argv)
     out = args.out or tempfile.mkdtemp(prefix="t5x_parity_")
     os.makedirs(out, exist_ok=True)
@@ -140,10 +149,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
             run(project_train_command(ours[optimizer], args.steps, optimizer), ours[optimizer] + ".log")
         diffs[name] = [float(np.abs(t5x_prompt(model_dir, s) - project_prompt(ours[optimizer], s)).max())
                        for s in range(1, args.steps + 1)]
-    print(f"max |prompt(t5x.train) - prompt(prompt_tuning.train)| per step ({out})")
-    print("step " + " ".join(f"{n:>15}" for n in diffs))
+    for optimizer, ours_dir in list(ours.items()) if args.control else ():
+        control = ours_dir + "_2microbatches"
+        run(project_train_command(control, args.steps, optimizer, {"NUM_MICROBATCHES": "2"}), control + ".log")
+        diffs[f"ours_m2_{optimizer}"] = [float(np.abs(project_prompt(control, s) - project_prompt(ours_dir, s)).max())
+                                         for s in range(1, args.steps + 1)]
+    print(f"max |prompt(t5x.train) - prompt(prompt_tuning.train)| per step ({out})"
+          + ("; ours_m2_*: prompt_tuning.train with NUM_MICROBATCHES=2 against 1" if args.control else ""))
+    width = {n: max(15, len(n)) for n in diffs}
+    print("step " + " ".join(f"{n:>{width[n]}}" for n in diffs))
     for s in range(args.steps):
-        print(f"{s + 1:4d} " + " ".join(f"{diffs[n][s]:15.2e}" for n in diffs))
+        print(f"{s + 1:4d} " + " ".join(f"{diffs[n][s]:{width[n]}.2e}" for n in diffs))
     return diffs
 
 
