@@ -185,14 +185,9 @@ def main(argv=None):
     if unknown:
         p.error(f"--systems: unknown {unknown}; known: {', '.join(SYSTEMS)}")
     ks = [int(k) for k in args.ks.split(",") if k]
-    if "peft" in systems:
-        try:
-            import peft  # noqa: F401
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
-            print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baseline")
-            systems.remove("peft")
+    if "peft" in systems and not common.have_torch_peers():
+        print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baseline")
+        systems.remove("peft")
     dims = _dims(args)
     print(f"{'TINY (smoke only)' if args.tiny else 'W-small'}: {args.per_task} examples per task, "
           f"{dims['input_len']} input + {dims['prompt_len']} prompt tokens, {dims['target_len']} greedy tokens; "

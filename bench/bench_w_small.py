@@ -176,14 +176,9 @@ def main(argv=None):
     for s in phases:
         if s not in PHASES:
             p.error(f"--phases: unknown {s!r}; known: {', '.join(PHASES)}")
-    if any(s.startswith("peft") for s in systems):
-        try:
-            import peft  # noqa: F401
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError:
-            print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baseline")
-            systems = [s for s in systems if not s.startswith("peft")]
+    if any(s.startswith("peft") for s in systems) and not common.have_torch_peers():
+        print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baseline")
+        systems = [s for s in systems if not s.startswith("peft")]
 
     print(f"W-small: batch {BATCH}, {INPUT_LEN} input + {PROMPT_LEN} prompt tokens, {TARGET_LEN} targets; "
           f"{args.warmup} warm-up + {args.steps} timed calls; ours microbatches={args.microbatches} "

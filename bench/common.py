@@ -167,6 +167,13 @@ def run_child(script: str, worker_args, label: str, wait_load: float = 0.0, env=
     return r
 
 
+def have_torch_peers() -> bool:
+    """Whether torch, transformers and peft are installed, found without importing them: a child inherits
+    its parent's peak RSS (ru_maxrss survives exec), so the driver must stay small."""
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
+
+
 def append_json(path, result: dict) -> None:
     if path:
         with open(path, "a") as f:
