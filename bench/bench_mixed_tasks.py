@@ -102,17 +102,12 @@ def run_ours(system: str, k: int, args):
 # --------------------------------------------------------------------------------------------------- peft
 def run_peft(k: int, args):
     import torch
-    import transformers
     from peft import PromptTuningConfig, TaskType, get_peft_model
     dims = _dims(args)
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads or os.cpu_count())
-    cfg = transformers.T5Config(vocab_size=dims["vocab"], d_model=dims["d_model"], d_kv=dims["head_dim"],
-                                d_ff=dims["d_ff"], num_layers=dims["layers"], num_decoder_layers=dims["layers"],
-                                num_heads=dims["heads"], feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    base = common.torch_t5(dims["vocab"], dims["d_model"], dims["heads"], dims["head_dim"], dims["d_ff"],
+                           dims["layers"], args.threads)
     prompt_cfg = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=dims["prompt_len"])
-    model = get_peft_model(transformers.T5ForConditionalGeneration(cfg), prompt_cfg, adapter_name="task_0")
+    model = get_peft_model(base, prompt_cfg, adapter_name="task_0")
     for t in range(1, k):
         model.add_adapter(f"task_{t}", prompt_cfg)
     model.eval()

@@ -235,14 +235,9 @@ def peft_system(system, batches, dims, args):
     import torch
     import transformers
     from peft import PromptTuningConfig, TaskType, get_peft_model
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads or os.cpu_count())
-    cfg = transformers.T5Config(vocab_size=dims["vocab"], d_model=dims["d_model"], d_kv=dims["head_dim"],
-                                d_ff=dims["d_ff"], num_layers=dims["layers"], num_decoder_layers=dims["layers"],
-                                num_heads=dims["heads"], feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    model = get_peft_model(transformers.T5ForConditionalGeneration(cfg),
-                           PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=PROMPT_LEN))
+    base = common.torch_t5(dims["vocab"], dims["d_model"], dims["heads"], dims["head_dim"], dims["d_ff"],
+                           dims["layers"], args.threads)
+    model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=PROMPT_LEN))
     batches[:] = [dict(x) for x in batches]
     # Eager PEFT compiles nothing: one call on its largest batch grows its buffers.  Compiled: every shape.
     largest = [max(batches, key=lambda x: x["input_ids"].numel())]

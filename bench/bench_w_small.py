@@ -72,13 +72,7 @@ def _peft_setup(args):
     import transformers
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads or os.cpu_count())
-    cfg = transformers.T5Config(vocab_size=VOCAB, d_model=512, d_kv=64, d_ff=1024, num_layers=8,
-                                num_decoder_layers=8, num_heads=6, feed_forward_proj="gated-gelu",
-                                tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
-                                pad_token_id=0, eos_token_id=1)
-    base = transformers.T5ForConditionalGeneration(cfg)
+    base = common.torch_t5(threads=args.threads)
     model = get_peft_model(base, PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=PROMPT_LEN))
     b = make_batch()
     batch = {k: torch.from_numpy(v) for k, v in b.items()}

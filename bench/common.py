@@ -84,6 +84,21 @@ def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = Fal
     return Ours(trainer, trainer.init_state(), batch)
 
 
+def torch_t5(vocab: int = VOCAB, d_model: int = 512, heads: int = 6, head_dim: int = 64, d_ff: int = 1024,
+             layers: int = 8, threads: int = 0, seed: int = 0):
+    """The PyTorch peer's model: transformers' T5 1.1 (gated-gelu, untied head, no dropout) of these
+    dimensions (default W-small), random weights from `seed`, torch using `threads` threads (0: all cores)."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads or os.cpu_count())
+    cfg = transformers.T5Config(vocab_size=vocab, d_model=d_model, d_kv=head_dim, d_ff=d_ff, num_layers=layers,
+                                num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu",
+                                tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
+                                pad_token_id=0, eos_token_id=1)
+    return transformers.T5ForConditionalGeneration(cfg)
+
+
 # --------------------------------------------------------------------------------------------------- measuring
 def vm_hwm_bytes() -> int:
     """This process's peak resident memory since the last `reset_hwm` (VmHWM)."""
