@@ -24,7 +24,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning.train.evaluation import (Evaluator, broadcast_metrics, bucket_trimmer, decoding_options, gather,
-                                            global_batch, metric_value, repeat_over_rows, score_dataset)
+                                            iterate_global, metric_value, repeat_over_rows, score_dataset)
 
 ENSEMBLE, AVERAGE, BEST = "ensemble", "average", "best"
 
@@ -60,14 +60,6 @@ def _strip(tokens, eos_id: int = 1):
 
 
 # ---------------------------------------------------------------------------------------- one batched forward
-def _global_batches(ds, batch_size: int, rows: Sequence[int], mesh, trim=None):
-    """(indices, n, global batch of batch_size * N rows) over an enumerated, feature-converted dataset."""
-    trim = trim or (lambda batch: batch)
-    for index, features in ds.batch(batch_size).as_numpy_iterator():
-        padded = {k: np.pad(v, [(0, batch_size - len(index))] + [(0, 0)] * (v.ndim - 1)) for k, v in features.items()}
-        yield index, len(index), global_batch(trim(repeat_over_rows(padded, rows)), mesh)
-
-
 class EnsembleEvaluator(Evaluator):
     """Evaluates prompt-bank rows `rows` (an ensemble of one task's prompts) on every task of
     `mixture_or_task_name`, in one forward per batch; metrics as Evaluator's, keyed
@@ -98,6 +90,11 @@ class EnsembleEvaluator(Evaluator):
             async_compute_metrics=False) for task in tasks]
         self._max_decode_len = task_feature_lengths["targets"]
 
+    def _all_prompts(self, batch):
+        """B padded examples -> the B * N rows decoded in one call (cut to LENGTH_BUCKETS)."""
+        rows = repeat_over_rows(batch, self.rows)
+        return self.trim(rows) if self.trim else rows
+
     def _outputs(self, state, params):
         """predict_fn / score_fn that run all prompts at once and keep every prompt's outputs in `store`."""
         store, n = {}, len(self.rows)
@@ -105,7 +102,7 @@ class EnsembleEvaluator(Evaluator):
 
         def predict(ds):
             out = []
-            for index, count, batch in _global_batches(ds, self.batch_size, self.rows, mesh, self.trim):
+            for index, count, batch in iterate_global(ds, self.batch_size, mesh, self._all_prompts):
                 tokens, _ = model.predict_batch(params, batch, max_decode_len=self._max_decode_len,
                                                 eos_id=self.eos_id, **self.decoding)
                 tokens = gather(tokens).reshape(self.batch_size, n, -1)[:count]
