@@ -155,7 +155,8 @@ class BaseModel:
         """
         features = self.features(batch)
         b, c = features["decoder_target_tokens"].shape[:2]
-        rows = {k: (jnp.repeat(v, c, axis=0) if k in self.INPUT_FEATURES else v.reshape(b * c, *v.shape[2:]))
+        per_input = lambda k, v: k in self.INPUT_FEATURES or v.ndim == 1   # noqa: E731  (prompt_index [B])
+        rows = {k: (jnp.repeat(v, c, axis=0) if per_input(k, v) else v.reshape(b * c, *v.shape[2:]))
                 for k, v in features.items()}
         return self.score_batch(params, rows).reshape(b, c)
 
