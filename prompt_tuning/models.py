@@ -52,11 +52,14 @@ class BaseModel:
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------------ data
-    def feature_converter(self, prompt_index: Optional[int] = None) -> seqio.FeatureConverter:
-        """Task features -> this model's batch keys (unpacked: every example keeps its whole prompt).
+    def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> seqio.FeatureConverter:
+        """Task features -> this model's batch keys: one example per row, or with `pack` several, each with
+        its own prompt (models that can pack override this).
 
         prompt_index: the prompt-bank row every converted example uses (its task's row), as a feature.
         """
+        if pack:
+            raise UserError(f"PACK=True: {type(self).__name__} cannot pack examples (EncoderDecoderModel can)")
         return self.FEATURE_CONVERTER_CLS(pack=False, prompt_index=prompt_index)
 
     def features(self, batch: Batch, *required: str) -> dict:
@@ -260,8 +263,32 @@ class _WithPromptIndex:
         return ds.map(lambda ex: {**ex, PROMPT_INDEX: row})
 
 
+# The token a packed example's prompt slot holds until the prompt replaces it: nonzero, as seqio's packer
+# takes zeros for padding.
+PROMPT_SLOT_TOKEN = 1
+
+
 class EncDecFeatureConverter(_WithPromptIndex, seqio.EncDecFeatureConverter):
-    pass
+    """seqio's converter; with `prompt_slots=P` (and pack=True) every example's inputs start with P slot
+    tokens before packing, so each packed example carries the positions of its own prompt (join.fill_slots).
+    The encoder features are then P longer than TASK_FEATURE_LENGTHS['inputs'], as unpacked joined rows are."""
+
+    def __init__(self, prompt_slots: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.prompt_slots = prompt_slots
+
+    def _with_slots(self, task_feature_lengths):
+        return {**task_feature_lengths, "inputs": task_feature_lengths["inputs"] + self.prompt_slots}
+
+    def _convert_features(self, ds, task_feature_lengths):
+        if self.prompt_slots:
+            slots = tf.fill([self.prompt_slots], tf.constant(PROMPT_SLOT_TOKEN, tf.int32))
+            ds = ds.map(lambda ex: {**ex, "inputs": tf.concat([slots, ex["inputs"]], axis=0)},
+                        num_parallel_calls=tf.data.AUTOTUNE)
+        return super()._convert_features(ds, self._with_slots(task_feature_lengths))
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+        return super().get_model_feature_lengths(self._with_slots(task_feature_lengths))
 
 
 class PrefixLMFeatureConverter(_WithPromptIndex, seqio.PrefixLMFeatureConverter):
@@ -275,17 +302,44 @@ class EncoderDecoderModel(BaseModel):
 
     FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", "decoder_input_tokens",
                                            "decoder_target_tokens", "decoder_loss_weights")
+    PACKING_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_segment_ids", "encoder_positions",
+                                                   "decoder_segment_ids", "decoder_positions")
+    OPTIONAL_FEATURES: ClassVar[Tuple[str, ...]] = (PROMPT_INDEX,) + PACKING_FEATURES
     FEATURE_CONVERTER_CLS: ClassVar[type] = EncDecFeatureConverter
     INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", PROMPT_INDEX)
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {
-        "inputs": ("encoder_input_tokens",),
-        "targets": ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")}
+        "inputs": ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"),
+        "targets": ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                    "decoder_segment_ids", "decoder_positions")}
+
+    def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> seqio.FeatureConverter:
+        """With `pack`, seqio's packing with a prompt slot at the start of every example (see
+        EncDecFeatureConverter): each example attends only within itself and sees its own copy of the prompt,
+        so its logits are those of its unpacked row."""
+        if not pack:
+            return super().feature_converter(prompt_index)
+        return self.FEATURE_CONVERTER_CLS(pack=True, prompt_index=prompt_index, prompt_slots=self.prompt_slots())
+
+    def prompt_slots(self) -> int:
+        """The prompt positions each packed example reserves (its processor's length; 0 without a prompt)."""
+        factory = self.module.encoder_input_processor_factory
+        if factory is None:
+            return 0
+        processor = factory()
+        if not hasattr(processor, "check_packable"):
+            raise UserError(f"PACK=True: the prompt processor {type(processor).__name__} cannot fill packed "
+                            "rows (prompts.PromptProcessor can)")
+        processor.check_packable()
+        return processor.length
 
     def _inputs(self, batch: dict) -> dict:
+        packing = {k: batch[k] for k in self.PACKING_FEATURES if k in batch}
         return {"encoder_input_tokens": batch["encoder_input_tokens"],
                 "decoder_input_tokens": batch["decoder_input_tokens"],
                 "decoder_target_tokens": batch.get("decoder_target_tokens"),
-                "prompt_index": batch.get(PROMPT_INDEX)}
+                "prompt_index": batch.get(PROMPT_INDEX), **packing,
+                # Packed rows from feature_converter(pack=True) hold their prompt slots.
+                **({"packed_prompts": True} if packing else {})}
 
     def score_candidates(self, params, batch: Batch) -> jax.Array:
         """Encodes each of the B inputs once; the decoder scores its C candidates against that encoding."""

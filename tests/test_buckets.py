@@ -39,7 +39,7 @@ def test_trim_to_buckets_picks_the_smallest_length_that_keeps_every_token():
     batch["decoder_target_tokens"][1, :3] = 7
     out = data.trim_to_buckets(batch, GROUPS, BUCKETS)
     assert out["encoder_input_tokens"].shape == (2, 16)
-    assert {out[k].shape for k in GROUPS["targets"]} == {(2, 4)}       # the group is cut together
+    assert {out[k].shape for k in GROUPS["targets"] if k in out} == {(2, 4)}   # the group is cut together
     batch["encoder_input_tokens"][1, 30] = 5                            # longer than every bucket: full length
     assert data.trim_to_buckets(batch, GROUPS, BUCKETS)["encoder_input_tokens"].shape == (2, 40)
     assert data.trim_to_buckets(batch, GROUPS, None) is batch

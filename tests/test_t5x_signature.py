@@ -30,10 +30,20 @@ def test_t5x_keywords_accepted_and_cache_initialises_without_max_decode_length(t
     assert "cache" in cache
 
 
-@pytest.mark.parametrize("name", ["encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
-                                  "decoder_positions"])
-def test_packed_inputs_are_refused(tiny, name):
+def test_t5x_packed_rows_give_each_example_its_own_logits(tiny):
+    """Without a soft prompt, t5x's packed rows work (tests/test_packing.py packs with prompts)."""
     module, variables = tiny
-    tokens = jnp.array([[3, 4, 1, 5, 1]])
-    with pytest.raises(ValueError, match=f"packed inputs are not supported.*{name}"):
-        module.apply(variables, tokens, tokens, tokens, **{name: jnp.ones_like(tokens)})
+    rows = [([3, 4, 1], [8, 1]), ([5, 6, 7, 1], [9, 10, 1])]
+    pad = lambda x, n: jnp.array([x + [0] * (n - len(x))])  # noqa: E731
+    packed = dict(encoder_segment_ids=pad([1] * 3 + [2] * 4, 8), encoder_positions=pad([0, 1, 2, 0, 1, 2, 3], 8),
+                  decoder_segment_ids=pad([1] * 2 + [2] * 3, 6), decoder_positions=pad([0, 1, 0, 1, 2], 6))
+    logits = module.apply(variables, pad([3, 4, 1, 5, 6, 7, 1], 8), pad([0, 8, 0, 9, 10], 6),
+                          pad([8, 1, 9, 10, 1], 6), **packed)[0]
+    start = 0
+    for inputs, targets in rows:
+        alone = module.apply(variables, pad(inputs, 8), pad([0] + targets[:-1], 6), pad(targets, 6))[0]
+        np.testing.assert_allclose(logits[start:start + len(targets)], alone[:len(targets)], atol=1e-5, rtol=0)
+        start += len(targets)
+    with pytest.raises(ValueError, match="packed inputs need both encoder_segment_ids and decoder_segment_ids"):
+        module.apply(variables, pad([3, 4, 1], 8), pad([0, 8], 6), pad([8, 1], 6),
+                     encoder_segment_ids=packed["encoder_segment_ids"])

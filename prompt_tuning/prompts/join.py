@@ -10,6 +10,9 @@ positions: for `prefix` the row's prompt is right-aligned in the slot (the unuse
 next to any left padding, so decoder-only decoding still ends every row's input at the same position); for
 the other placements they move to the very end of the sequence.  Either way every real position keeps its
 distance to every other, so with T5's relative positions a row's outputs equal those of its prompt alone.
+
+Packed rows (several examples per row; `fill_slots`) arrive with every example's prompt slot already in
+place: its first P positions (`positions < P`), filled here as an unpacked `prefix` join would fill them.
 """
 from typing import Optional
 
@@ -104,3 +107,26 @@ def prompt_positions(tokens, prompt_length: int, placement: str = "prefix", eos_
                   _slot(jnp.zeros((tokens.shape[0], prompt_length, 1)), lengths, placement)[1])
     source = jnp.concatenate([jnp.zeros(tokens.shape, bool), slot_valid], axis=1)
     return jnp.take_along_axis(source, index, axis=1)
+
+
+def _packed_slot(segment_ids, positions, prompt_length: int, lengths=None):
+    """For packed rows: (in_slot [B, L], prompt position [B, L] each slot position holds, slot-valid [B, L])."""
+    in_slot = (segment_ids > 0) & (positions < prompt_length)
+    offset = 0 if lengths is None else prompt_length - lengths[:, None]   # right-aligned, as `_slot` prefix
+    source = positions - offset
+    return in_slot, jnp.clip(source, 0, prompt_length - 1), source >= 0
+
+
+def fill_slots(prompt, embedded, segment_ids, positions, lengths=None):
+    """Packed rows: (embedded [B, L, D] with each example's slot holding the row's prompt [B, P, D], valid
+    [B, L]).  Positions of the slot a shorter bank row leaves unused are invalid, like `prefix` joins'."""
+    in_slot, source, _ = _packed_slot(segment_ids, positions, prompt.shape[1], lengths)
+    gathered = jnp.take_along_axis(prompt.astype(embedded.dtype), source[:, :, None], axis=1)
+    return (jnp.where(in_slot[:, :, None], gathered, embedded),
+            packed_mask(segment_ids, positions, prompt.shape[1], lengths))
+
+
+def packed_mask(segment_ids, positions, prompt_length: int, lengths=None):
+    """Validity [B, L] of packed rows' positions (see fill_slots)."""
+    in_slot, _, slot_valid = _packed_slot(segment_ids, positions, prompt_length, lengths)
+    return (segment_ids > 0) & (slot_valid | ~in_slot)

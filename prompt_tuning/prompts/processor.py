@@ -65,16 +65,30 @@ class PromptProcessor(Prompt):
         return jnp.take(jnp.asarray(lengths, jnp.int32), jnp.asarray(prompt_index, jnp.int32))
 
     @nn.compact
-    def __call__(self, embedded, tokens, embedding_table, prompt_index=None):
+    def __call__(self, embedded, tokens, embedding_table, prompt_index=None, segment_ids=None, positions=None):
+        """(joined, valid) as in `t5.network`'s docstring.  Packed rows (segment_ids and positions [B, L]) hold
+        each example's prompt slot already (see join.fill_slots); their length stays L."""
         prompt = self.prompt_param(embedding_table)
         if prompt.ndim == 3 and prompt_index is None and self.is_mutable_collection("params"):
             # Creating parameters (init, or completing a loaded model): shapes only, callers need no index.
             prompt_index = jnp.zeros((embedded.shape[0],), jnp.int32)
         prompt = select_prompts(prompt, prompt_index, embedded.shape[0]).astype(embedded.dtype)
-        return join.join(prompt, embedded, tokens, self.placement, self.eos_id,
-                         self.row_lengths(prompt_index, embedded.shape[0]))
+        lengths = self.row_lengths(prompt_index, embedded.shape[0])
+        if segment_ids is not None:
+            self.check_packable()
+            return join.fill_slots(prompt, embedded, segment_ids, positions, lengths)
+        return join.join(prompt, embedded, tokens, self.placement, self.eos_id, lengths)
 
-    def mask(self, tokens, prompt_index=None):
+    def check_packable(self) -> None:
+        """Packing puts each example's slot first, which only the `prefix` placement does."""
+        if self.placement != "prefix":
+            raise UserError(f"PACK=True needs the 'prefix' prompt placement (each packed example starts with its "
+                            f"prompt), not {self.placement!r}")
+
+    def mask(self, tokens, prompt_index=None, segment_ids=None, positions=None):
+        if segment_ids is not None:
+            return join.packed_mask(segment_ids, positions, self.length, self.row_lengths(prompt_index,
+                                                                                          tokens.shape[0]))
         at = join.insertion_points(tokens, self.placement, self.eos_id)
         return join.joined_mask(tokens, self.length, at, self.row_lengths(prompt_index, tokens.shape[0]),
                                 self.placement)

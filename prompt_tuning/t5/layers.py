@@ -287,9 +287,10 @@ class MlpBlock(nn.Module):
         return Dense(features=inputs.shape[-1], kernel_axes=("mlp", "embed"), dtype=self.dtype, name="wo")(hidden)
 
 
-def make_attention_mask(query_valid, key_valid):
-    """[b, q], [b, k] bool -> [b, 1, q, k] bool."""
-    return (query_valid[:, None, :, None] & key_valid[:, None, None, :])
+def make_attention_mask(query_valid, key_valid, pairwise_fn=jnp.logical_and):
+    """[b, q], [b, k] -> [b, 1, q, k] bool: pairwise_fn of each query's and key's value (e.g. jnp.equal of
+    segment ids)."""
+    return pairwise_fn(query_valid[:, None, :, None], key_valid[:, None, None, :])
 
 
 def make_causal_mask(length: int):

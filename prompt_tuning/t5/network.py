@@ -10,6 +10,13 @@ and placed at `encoder/prompt`, with
         -> (embedded [B,L',D], valid [B,L'] bool)
     mask(tokens [B,L], prompt_index=None) -> valid [B,L'] bool
 Without one the encoder sees the embedded tokens and `tokens > 0`.
+
+Packed rows (several examples per row, t5x's `pack=True`): `encoder_segment_ids` / `decoder_segment_ids`
+[B, L] (0 = padding) keep attention inside each example; relative positions need nothing more, as each
+example's positions are contiguous.  With a soft prompt, a packed row must already hold every segment's
+prompt slot (models.EncDecFeatureConverter(prompt_slots=P) puts them there; the call says so with
+`packed_prompts=True`): the processor is then called with `segment_ids=` and `positions=` and fills the
+slots in place.  t5x's own packed rows have no slots, so with a prompt they are refused (see refuse_packed).
 """
 from typing import Callable, Optional
 
@@ -99,6 +106,11 @@ def _relpos(config: T5Config):
                                          num_heads=config.num_heads, dtype=_dtype(config), name="relpos_bias")
 
 
+def _packing(segment_ids, positions) -> dict:
+    """The processor's packed-row keywords, only when packed (unpacked processors need not take them)."""
+    return {} if segment_ids is None else {"segment_ids": segment_ids, "positions": positions}
+
+
 class Encoder(nn.Module):
     config: T5Config
     shared_embedding: nn.Module
@@ -108,24 +120,27 @@ class Encoder(nn.Module):
         # Created in setup so it is named after the attribute: parameters live under encoder/prompt/...
         self.prompt = None if self.input_processor_factory is None else self.input_processor_factory()
 
-    def mask(self, tokens, prompt_index=None):
+    def mask(self, tokens, prompt_index=None, segment_ids=None, positions=None):
         """Validity [B, L'] of the encoded positions (prompt positions included)."""
         if self.prompt is None:
             return tokens > 0
-        return self.prompt.mask(tokens, prompt_index=prompt_index)
+        return self.prompt.mask(tokens, prompt_index=prompt_index, **_packing(segment_ids, positions))
 
     @nn.compact
-    def __call__(self, tokens, deterministic=True, prompt_index=None):
+    def __call__(self, tokens, deterministic=True, prompt_index=None, segment_ids=None, positions=None):
         cfg = self.config
         x = self.shared_embedding(tokens)
         valid = tokens > 0
         if self.prompt is not None:
-            x, valid = self.prompt(x, tokens, self.shared_embedding.embedding, prompt_index=prompt_index)
+            x, valid = self.prompt(x, tokens, self.shared_embedding.embedding, prompt_index=prompt_index,
+                                   **_packing(segment_ids, positions))
         x = _dropout(cfg, x, deterministic).astype(_dtype(cfg))
         x = nn.with_logical_constraint(x, EMBED_AXES)
         length = x.shape[1]
-        bias = (layers.mask_to_bias(layers.make_attention_mask(valid, valid), _dtype(cfg))
-                + _relpos(cfg)(length, length, bidirectional=True))
+        mask = layers.make_attention_mask(valid, valid)
+        if segment_ids is not None:
+            mask = mask & layers.make_attention_mask(segment_ids, segment_ids, jnp.equal)
+        bias = layers.mask_to_bias(mask, _dtype(cfg)) + _relpos(cfg)(length, length, bidirectional=True)
         x = _run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, bias, deterministic=deterministic)
         x = layers.RMSNorm(dtype=_dtype(cfg), name="encoder_norm")(x)
         return _dropout(cfg, x, deterministic)
@@ -137,7 +152,8 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens=None,
-                 deterministic=True, decode=False, max_decode_length=None):
+                 deterministic=True, decode=False, max_decode_length=None, encoder_segment_ids=None,
+                 decoder_segment_ids=None):
         cfg, dtype = self.config, _dtype(self.config)
         batch, length = decoder_input_tokens.shape
         y = self.shared_embedding(decoder_input_tokens)
@@ -164,8 +180,12 @@ class Decoder(nn.Module):
         else:
             query_valid = decoder_target_tokens > 0
             self_mask = layers.make_causal_mask(length) & layers.make_attention_mask(query_valid, query_valid)
+        cross_mask = layers.make_attention_mask(query_valid, encoder_valid)
+        if decoder_segment_ids is not None:  # packed rows (never while decoding: Transformer refuses it)
+            self_mask = self_mask & layers.make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal)
+            cross_mask = cross_mask & layers.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal)
         self_bias = relpos if stepping else layers.mask_to_bias(self_mask, dtype) + relpos[..., :length, :length]
-        cross_bias = layers.mask_to_bias(layers.make_attention_mask(query_valid, encoder_valid), dtype)
+        cross_bias = layers.mask_to_bias(cross_mask, dtype)
 
         y = _run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_bias, cross_bias, cache_index,
                         deterministic=deterministic, decode=decode)
@@ -196,45 +216,67 @@ class Transformer(nn.Module):
                                input_processor_factory=self.encoder_input_processor_factory)
         self.decoder = Decoder(config=cfg, shared_embedding=self.token_embedder)
 
-    def encoder_mask(self, encoder_input_tokens, prompt_index=None):
+    def encoder_mask(self, encoder_input_tokens, prompt_index=None, encoder_segment_ids=None,
+                     encoder_positions=None):
         """bool [B, L']: which encoded positions are real (prompt positions included)."""
-        return self.encoder.mask(encoder_input_tokens, prompt_index=prompt_index)
+        return self.encoder.mask(encoder_input_tokens, prompt_index=prompt_index, segment_ids=encoder_segment_ids,
+                                 positions=encoder_positions)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
-               enable_dropout=False, prompt_index=None):
+               enable_dropout=False, prompt_index=None, packed_prompts=False):
         """Encoded sequence [B, L', emb] (after the final encoder norm)."""
-        refuse_packed(encoder_segment_ids=encoder_segment_ids, encoder_positions=encoder_positions)
-        return self.encoder(encoder_input_tokens, deterministic=not enable_dropout, prompt_index=prompt_index)
+        self._check_packed(packed_prompts, encoder_segment_ids=encoder_segment_ids,
+                           encoder_positions=encoder_positions)
+        return self.encoder(encoder_input_tokens, deterministic=not enable_dropout, prompt_index=prompt_index,
+                            segment_ids=encoder_segment_ids, positions=encoder_positions)
 
     def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
-               enable_dropout=False, decode=False, max_decode_length=None, prompt_index=None):
+               enable_dropout=False, decode=False, max_decode_length=None, prompt_index=None,
+               encoder_positions=None, packed_prompts=False):
         """Float32 logits [B, T, vocab] given the encoder output; `decode=True` uses/extends the 'cache'."""
-        refuse_packed(encoder_segment_ids=encoder_segment_ids, decoder_segment_ids=decoder_segment_ids,
-                      decoder_positions=decoder_positions)
-        return self.decoder(encoded, self.encoder_mask(encoder_input_tokens, prompt_index=prompt_index),
-                            decoder_input_tokens, decoder_target_tokens, deterministic=not enable_dropout,
-                            decode=decode, max_decode_length=max_decode_length)
+        packed = self._check_packed(packed_prompts, encoder_segment_ids=encoder_segment_ids,
+                                    decoder_segment_ids=decoder_segment_ids, decoder_positions=decoder_positions,
+                                    encoder_positions=encoder_positions)
+        if packed and (decode or decoder_segment_ids is None or encoder_segment_ids is None):
+            raise ValueError("packed inputs need both encoder_segment_ids and decoder_segment_ids, and cannot be "
+                             "decoded (decode=True): decode unpacked rows")
+        valid = self.encoder_mask(encoder_input_tokens, prompt_index, encoder_segment_ids, encoder_positions)
+        return self.decoder(encoded, valid, decoder_input_tokens, decoder_target_tokens,
+                            deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length,
+                            encoder_segment_ids=encoder_segment_ids, decoder_segment_ids=decoder_segment_ids)
 
     def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                  encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                  decoder_positions=None, enable_dropout=False, decode=False, max_decode_length=None,
-                 prompt_index=None):
+                 prompt_index=None, packed_prompts=False):
         # The keyword arguments t5x's models pass (segment ids, positions, max_decode_length) are accepted so
-        # t5x can drive this module; packed ones are refused (see refuse_packed).
+        # t5x can drive this module.
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                              enable_dropout=enable_dropout, prompt_index=prompt_index)
+                              enable_dropout=enable_dropout, prompt_index=prompt_index,
+                              packed_prompts=packed_prompts)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                            encoder_segment_ids, decoder_segment_ids, decoder_positions,
                            enable_dropout=enable_dropout, decode=decode, max_decode_length=max_decode_length,
-                           prompt_index=prompt_index)
+                           prompt_index=prompt_index, encoder_positions=encoder_positions,
+                           packed_prompts=packed_prompts)
+
+    def _check_packed(self, packed_prompts: bool, **features) -> bool:
+        """Whether the rows are packed; refuses packed rows a soft prompt cannot use (see refuse_packed)."""
+        packed = any(v is not None for v in features.values())
+        if packed and self.encoder_input_processor_factory is not None:
+            if not packed_prompts:
+                refuse_packed(**features)
+            if features.get("encoder_positions", 0) is None:
+                raise ValueError("packed rows with prompt slots need encoder_positions (where each slot starts)")
+        return packed
 
 
 def refuse_packed(**features):
-    """Packed batches (segment ids / positions, t5x's `pack=True`) are refused: the soft prompt is joined to
-    each row's one input, so several examples per row would share (and misplace) it.  t5x passes None for
-    these unless its DatasetConfig packs."""
+    """Packed batches without prompt slots (t5x's `pack=True`) are refused when the model has a soft prompt:
+    the prompt joins each row's one input, so several examples per row would share (and misplace) it."""
     given = sorted(name for name, value in features.items() if value is not None)
     if given:
-        raise ValueError(f"packed inputs are not supported (got {', '.join(given)}): the soft prompt joins each "
-                         "row's single input; set pack=False in the DatasetConfig (runs/prompt_finetune.gin does)")
+        raise ValueError(f"packed inputs are not supported with a soft prompt unless each example holds its "
+                         f"prompt slot (got {', '.join(given)}): set pack=False in t5x's DatasetConfig "
+                         "(runs/prompt_finetune.gin does), or pack with this project's PACK=True")

@@ -13,6 +13,12 @@ buckets, and only padding is dropped, so losses, scores and decodes do not chang
 `group_by_length` (off by default; it changes the stream, and is part of the run's identity) sorts the
 examples of each window of that many batches by length before batching and then shuffles the batches.
 
+Packing (`pack`, off by default; it changes which examples share a step, and is part of the run's identity):
+seqio packs several examples into each row, every one with its own prompt slot (the model's
+`feature_converter(pack=True)`), so a row costs its real tokens rather than the longest example's.  Each
+example's logits are those of its unpacked row.  A per-task mixture packs each task on its own, so a row
+holds one task's examples and keeps one `prompt_index`.  Evaluation never packs (it scores each example).
+
 Prompt banks (`DatasetConfig.prompt_rows`): 'per_task' gives every task of a mixture its own bank row
 (`prompt_index`, the task's place in the mixture); an int N trains an ensemble of N prompts, every example
 going to every row, so each row sees exactly the stream of a single run (batches hold batch_size * N rows).
@@ -34,19 +40,19 @@ from prompt_tuning.errors import UserError
 
 PER_TASK = "per_task"
 PROMPT_INDEX = "prompt_index"
-# model.feature_converter: (prompt_index=None) -> the model's seqio converter, adding that bank row.
+# model.feature_converter: (prompt_index=None, pack=False) -> the model's seqio converter, adding that bank row.
 ConverterFactory = Callable[..., seqio.FeatureConverter]
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    """Which data, as t5x's `utils.DatasetConfig` (packing is not supported: prompts need whole inputs)."""
+    """Which data, as t5x's `utils.DatasetConfig`."""
 
     mixture_or_task_name: str = gin.REQUIRED
     task_feature_lengths: Mapping[str, int] = gin.REQUIRED
     split: str = "train"
-    batch_size: int = 32                     # global, over all processes (examples, not bank rows)
+    batch_size: int = 32                     # global, over all processes: examples (packed rows with pack), not bank rows
     shuffle: bool = True
     seed: Optional[int] = 0
     use_cached: bool = False
@@ -54,6 +60,7 @@ class DatasetConfig:
     # {model length group ('inputs', 'targets'; see BaseModel.LENGTH_GROUPS): lengths}; None: the full lengths.
     length_buckets: Optional[Mapping[str, Sequence[int]]] = None
     group_by_length: int = 0                  # > 0: sort each window of this many batches by length (see above)
+    pack: bool = False                        # several examples per row, each with its own prompt (see above)
 
 
 def prompt_row_names(cfg: DatasetConfig) -> Optional[List[str]]:
@@ -152,7 +159,7 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
         # seqio's mixing, each task's examples converted with its own row.
         tasks = seqio.get_subtasks(mixture_or_task)
         rates = [mixture_or_task.get_rate(t) if isinstance(mixture_or_task, seqio.Mixture) else 1.0 for t in tasks]
-        parts = [feature_converter(prompt_index=row)(
+        parts = [feature_converter(prompt_index=row, pack=cfg.pack)(
             task.get_dataset(lengths, split=cfg.split, shuffle=cfg.shuffle, num_epochs=num_epochs, seed=cfg.seed,
                              use_cached=cfg.use_cached, shard_info=shard_info), lengths)
             for row, task in enumerate(tasks)]
@@ -162,7 +169,7 @@ def get_dataset(cfg: DatasetConfig, feature_converter: ConverterFactory, *, star
         ds = seqio.get_dataset(
             cfg.mixture_or_task_name, task_feature_lengths=lengths, dataset_split=cfg.split, shuffle=cfg.shuffle,
             num_epochs=num_epochs, seed=cfg.seed, use_cached=cfg.use_cached, shard_info=shard_info,
-            feature_converter=feature_converter())
+            feature_converter=feature_converter(pack=cfg.pack))
     batch = local_batch_size(cfg.batch_size, shard_info.num_shards)
     if cfg.group_by_length:
         ds = group_by_length(ds, batch, cfg.group_by_length, cfg.seed or 0)
