@@ -13,6 +13,9 @@ Train (RTE, BoolQ, MRPC; --batch examples a batch):
   ours_buckets   the same batches cut by data.trim_to_buckets to 64/128/256/512 inputs (one program per bucket).
   ours_grouped   as ours_buckets, but each window of --window batches is sorted by input length, cut into
                  batches and those shuffled (seeded): data.group_by_length's composition, in numpy here.
+  ours_packed    PACK=True: the stream packed by the model's converter (each example with its 100 prompt slots,
+                 seqio's packing) into rows of 512 + 100 inputs and 64 targets, --batch rows a step; the stream
+                 is made long enough for --batches such batches, and ex/s counts the examples they hold.
   peft           transformers T5 + peft PromptTuningConfig(100), Adafactor with the paper's settings, every batch
                  padded to its longest example by DataCollatorForSeq2Seq (labels padded with -100).
   peft_compile   the same under torch.compile(model, dynamic=True).
@@ -48,9 +51,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-TRAIN_SYSTEMS = ("ours_pad", "ours_buckets", "ours_grouped", "peft", "peft_compile")
+TRAIN_SYSTEMS = ("ours_pad", "ours_buckets", "ours_grouped", "ours_packed", "peft", "peft_compile")
 EVAL_SYSTEMS = ("ours_rank", "ours_rank_rows", "peft_rank")
 BUCKETS, MAX_INPUT, TARGET_LEN, PROMPT_LEN = (64, 128, 256, 512), 512, 8, common.PROMPT_LEN
+PACK_TARGETS = 64   # a packed row's target positions: room for every example its inputs can hold
 # name: seqio task, phases, label words' tokens (t5_spiece.model + EOS), stand-in (mean, p95, max, examples)
 TASKS = {"rte": ("super_glue_rte_v102", ("train", "eval"), (5, 6), (84, 178, 284, 277)),
          "boolq": ("super_glue_boolq_v102", ("train",), (4, 2), (159, 296, 1142, 3270)),
@@ -143,11 +147,37 @@ def collator():
     return transformers.DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 
+def packed_batches(inputs, targets, rows_per_batch, num_batches):
+    """(batches, examples they hold, useful share): the stream through EncDecFeatureConverter(pack=True) with
+    prompt slots, as data.get_dataset(PACK=True) converts a task; the first num_batches full batches of rows."""
+    import tensorflow as tf
+
+    from prompt_tuning.models import EncDecFeatureConverter
+    ds = tf.data.Dataset.from_generator(
+        lambda: ({"inputs": x, "targets": t} for x, t in zip(inputs, targets)),
+        output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+    converter = EncDecFeatureConverter(pack=True, prompt_slots=PROMPT_LEN)
+    rows = list(converter(ds, {"inputs": MAX_INPUT, "targets": PACK_TARGETS}).as_numpy_iterator())
+    rows = rows[:len(rows) // rows_per_batch * rows_per_batch][:num_batches * rows_per_batch]
+    batches = [{k: np.stack([r[k] for r in rows[i:i + rows_per_batch]]) for k in rows[0]}
+               for i in range(0, len(rows), rows_per_batch)]
+    examples = sum(int(r["encoder_segment_ids"].max()) for r in rows)
+    # Nonzero encoder tokens are the examples' tokens and their prompt slots.
+    useful = sum(np.count_nonzero(r["encoder_input_tokens"]) + np.count_nonzero(r["decoder_target_tokens"])
+                 for r in rows)
+    return batches, examples, useful / (len(rows) * (MAX_INPUT + PROMPT_LEN + PACK_TARGETS))
+
+
 def make_batches(system, task, lens, args, vocab):
-    """The system's host batches (numpy cut to buckets for ours, collated tensors for PEFT), the useful share
-    of the positions they compute, and their input widths."""
+    """The system's host batches (numpy cut to buckets for ours, collated tensors for PEFT), the examples they
+    hold, the useful share of the positions they compute, and their input widths."""
     train = phase_of(system) == "train"
     b = args.batch if train else args.eval_batch
+    if system == "ours_packed":   # enough of the stream for --batches batches of packed rows
+        inputs, targets = stream(lens, args.batches * b * (MAX_INPUT + PROMPT_LEN) // (PROMPT_LEN + 4), args.seed,
+                                 vocab)
+        batches, examples, useful = packed_batches(inputs, targets, b, args.batches)
+        return batches, examples, useful, f"{MAX_INPUT + PROMPT_LEN}x{len(batches)}"
     inputs, targets = stream(lens, args.batches * b, args.seed, vocab)
     comp = compositions(inputs, b, args.window, args.seed, grouped=system == "ours_grouped")
     label_rng = np.random.default_rng([args.seed, 1])   # the label words: the same ids for every input
@@ -177,7 +207,7 @@ def make_batches(system, task, lens, args, vocab):
         enc, dec = "encoder_input_tokens", "decoder_target_tokens"
     computed = sum(x[enc].shape[0] * (x[enc].shape[1] + PROMPT_LEN) + np.prod(x[dec].shape) for x in batches)
     widths = collections.Counter(int(x[enc].shape[1]) for x in batches)
-    return batches, useful / computed, " ".join(f"{w}x{n}" for w, n in sorted(widths.items()))
+    return batches, comp.size, useful / computed, " ".join(f"{w}x{n}" for w, n in sorted(widths.items()))
 
 
 def first_of_each_shape(batches):
@@ -275,7 +305,7 @@ def worker(args):
     dims = TINY if args.quick else W_SMALL
     with open(args.lengths) as f:
         lens = json.load(f)[task]
-    batches, useful, widths = make_batches(system, task, lens, args, dims["vocab"])
+    batches, examples, useful, widths = make_batches(system, task, lens, args, dims["vocab"])
     step, finish, warm = (peft_system if system.startswith("peft") else ours_system)(system, batches, dims, args)
     warm_s = []
     for x in warm:   # one call per shape compiles it (or, after the first round, loads it from the cache)
@@ -289,7 +319,6 @@ def worker(args):
             step(x)
         finish()
     times, cpu, step_rss = common.time_calls(one_pass, 0, args.steps)
-    examples = len(batches) * (args.batch if phase_of(system) == "train" else args.eval_batch)
     common.report({
         "system": system, "task": task, "phase": phase_of(system), "quick": bool(args.quick), "batch": args.batch,
         "eval_batch": args.eval_batch, "batches": len(batches), "window": args.window, "examples_per_pass": examples,
@@ -310,7 +339,8 @@ def print_tables(results, tasks, systems):
         print(f"| {task} | {system} | {speed[system, task]:.2f} | {common.gb(max(r['peak_rss_bytes'] for r in runs))}"
               f" | {common.gb(max(step_rss) if step_rss else None)} | {runs[0]['useful_share']:.0%} | "
               f"{runs[0]['input_widths']} |")
-    pairs = [(a, b) for a in ("ours_buckets", "ours_grouped") for b in ("ours_pad", "peft", "peft_compile")]
+    pairs = [(a, b) for a in ("ours_buckets", "ours_grouped", "ours_packed") for b in ("ours_pad", "peft",
+                                                                                     "peft_compile")]
     pairs += [("ours_rank", "peft_rank"), ("ours_rank", "ours_rank_rows")]
     print("\n| task | " + " | ".join(f"{a}/{b}" for a, b in pairs) + " |\n" + "|---" * (len(pairs) + 1) + "|")
     for task in tasks:
