@@ -15,7 +15,7 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.processor import PromptProcessor
 from prompt_tuning.t5.decoder_only import DecoderOnly
 from prompt_tuning.t5.network import Transformer
-from prompt_tuning.train import data, loop, testing
+from prompt_tuning.train import data, identity, loop, testing
 
 LENGTHS = {"inputs": 30, "targets": 8}   # tiny inputs are 4-10 tokens + 3 prompt slots: 2-5 per packed row
 PACKED = ["encoder_segment_ids", "encoder_positions", "decoder_segment_ids", "decoder_positions"]
@@ -110,3 +110,11 @@ def test_a_packed_run_trains_evaluates_and_is_not_resumed_unpacked(tmp_path):
     with pytest.raises(loop.ResumeMismatchError, match="differs in data.pack: true -> false"):
         loop.train(model_dir=str(tmp_path), model=_model(), train_steps=4, eval_period=0,
                    train_dataset_cfg=dataclasses.replace(cfg, pack=False))
+
+
+def test_a_checkpoint_from_before_packing_resumes_unpacked():
+    """Identities recorded before `pack` (and `group_by_length`) existed match runs that keep the defaults."""
+    current = {"data": {"batch_size": 8, "group_by_length": 0, "pack": False}}
+    older = {"data": {"batch_size": 8}}
+    assert identity.differences(older, current) == []
+    assert identity.differences(older, {"data": dict(current["data"], pack=True)}) == ["data.pack: false -> true"]

@@ -69,11 +69,16 @@ def run_identity(trainer, dataset_cfg) -> Dict[str, Any]:
     return json.loads(json.dumps(identity, default=str))   # as it reads back from the checkpoint's JSON meta
 
 
+# Identity fields added after runs were first recorded, with the value a run that lacks them had; an older
+# checkpoint without the field continues as long as the current run keeps that value.
+ADDED_FIELDS = {"data.group_by_length": 0, "data.pack": False}
+
+
 def differences(saved: Dict[str, Any], current: Dict[str, Any], prefix: str = "") -> List[str]:
     """'key: saved -> current' for each leaf that differs (nested keys joined by '.')."""
     out = []
     for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
+        a, b = saved.get(key, ADDED_FIELDS.get(prefix + key)), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
         elif a != b:
