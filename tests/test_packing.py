@@ -5,7 +5,6 @@ import functools
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
