@@ -267,7 +267,7 @@ class Transformer(nn.Module):
         if packed and self.encoder_input_processor_factory is not None:
             if not packed_prompts:
                 refuse_packed(**features)
-            if features.get("encoder_positions", 0) is None:
+            if "encoder_positions" in features and features["encoder_positions"] is None:
                 raise ValueError("packed rows with prompt slots need encoder_positions (where each slot starts)")
         return packed
 
