@@ -152,7 +152,7 @@ def packed_batches(inputs, targets, rows_per_batch, num_batches):
     prompt slots, as data.get_dataset(PACK=True) converts a task; the first num_batches full batches of rows."""
     import tensorflow as tf
 
-    from prompt_tuning.models import EncDecFeatureConverter
+    from prompt_tuning.feature_converters import EncDecFeatureConverter
     ds = tf.data.Dataset.from_generator(
         lambda: ({"inputs": x, "targets": t} for x, t in zip(inputs, targets)),
         output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})

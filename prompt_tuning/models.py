@@ -16,20 +16,21 @@ are traced inside the trainer's jitted steps.  Models are frozen dataclasses, ha
 """
 import dataclasses
 import functools
-from typing import Any, ClassVar, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from prompt_tuning import decoding, losses
 from prompt_tuning.errors import UserError
 from prompt_tuning.t5.decoder_only import DecoderOnly
 from prompt_tuning.t5.network import Transformer
+
+if TYPE_CHECKING:
+    import seqio
 
 Batch = Mapping[str, Any]
 PROMPT_INDEX = "prompt_index"
@@ -44,7 +45,9 @@ class BaseModel:
     # Features the module reads (the feature converter's model features) and those a batch may omit.
     FEATURES: ClassVar[Tuple[str, ...]] = ()
     OPTIONAL_FEATURES: ClassVar[Tuple[str, ...]] = (PROMPT_INDEX,)
-    FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.FeatureConverter
+    # The feature converter, a class of `prompt_tuning.feature_converters` by name: that module (seqio and
+    # TensorFlow, ~0.6 GB resident) is imported only when data is converted, not by every process with a model.
+    FEATURE_CONVERTER: ClassVar[str] = ""
     # The features that fix a row's input side: rows equal in these can share one encoding when scored
     # (`score_candidates`).  Empty: every row is scored on its own.
     INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ()
@@ -52,7 +55,7 @@ class BaseModel:
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {}
 
     # ------------------------------------------------------------------ data
-    def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> seqio.FeatureConverter:
+    def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> "seqio.FeatureConverter":
         """Task features -> this model's batch keys: one example per row, or with `pack` several, each with
         its own prompt (models that can pack override this).
 
@@ -60,7 +63,11 @@ class BaseModel:
         """
         if pack:
             raise UserError(f"PACK=True: {type(self).__name__} cannot pack examples (EncoderDecoderModel can)")
-        return self.FEATURE_CONVERTER_CLS(pack=False, prompt_index=prompt_index)
+        return self._converter_cls()(pack=False, prompt_index=prompt_index)
+
+    def _converter_cls(self) -> type:
+        from prompt_tuning import feature_converters
+        return getattr(feature_converters, self.FEATURE_CONVERTER)
 
     def features(self, batch: Batch, *required: str) -> dict:
         """The model features of `batch` as arrays; other keys (strings, ids) are dropped before jit."""
@@ -245,56 +252,6 @@ def _zeros_like_shapes(fn, *args):
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
 
-class _WithPromptIndex:
-    """Mixed into a seqio converter: every converted example also gets `prompt_index` (one bank row).
-
-    Added after seqio's conversion, whose output validation admits no feature beyond the model's.
-    """
-
-    def __init__(self, prompt_index: Optional[int] = None, **kwargs):
-        super().__init__(**kwargs)
-        self.prompt_index = prompt_index
-
-    def __call__(self, ds, task_feature_lengths):
-        ds = super().__call__(ds, task_feature_lengths)
-        if self.prompt_index is None:
-            return ds
-        row = tf.constant(self.prompt_index, tf.int32)
-        return ds.map(lambda ex: {**ex, PROMPT_INDEX: row})
-
-
-# The token a packed example's prompt slot holds until the prompt replaces it: nonzero, as seqio's packer
-# takes zeros for padding.
-PROMPT_SLOT_TOKEN = 1
-
-
-class EncDecFeatureConverter(_WithPromptIndex, seqio.EncDecFeatureConverter):
-    """seqio's converter; with `prompt_slots=P` (and pack=True) every example's inputs start with P slot
-    tokens before packing, so each packed example carries the positions of its own prompt (join.fill_slots).
-    The encoder features are then P longer than TASK_FEATURE_LENGTHS['inputs'], as unpacked joined rows are."""
-
-    def __init__(self, prompt_slots: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.prompt_slots = prompt_slots
-
-    def _with_slots(self, task_feature_lengths):
-        return {**task_feature_lengths, "inputs": task_feature_lengths["inputs"] + self.prompt_slots}
-
-    def _convert_features(self, ds, task_feature_lengths):
-        if self.prompt_slots:
-            slots = tf.fill([self.prompt_slots], tf.constant(PROMPT_SLOT_TOKEN, tf.int32))
-            ds = ds.map(lambda ex: {**ex, "inputs": tf.concat([slots, ex["inputs"]], axis=0)},
-                        num_parallel_calls=tf.data.AUTOTUNE)
-        return super()._convert_features(ds, self._with_slots(task_feature_lengths))
-
-    def get_model_feature_lengths(self, task_feature_lengths):
-        return super().get_model_feature_lengths(self._with_slots(task_feature_lengths))
-
-
-class PrefixLMFeatureConverter(_WithPromptIndex, seqio.PrefixLMFeatureConverter):
-    pass
-
-
 @gin.configurable(module="models")
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderModel(BaseModel):
@@ -305,20 +262,20 @@ class EncoderDecoderModel(BaseModel):
     PACKING_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_segment_ids", "encoder_positions",
                                                    "decoder_segment_ids", "decoder_positions")
     OPTIONAL_FEATURES: ClassVar[Tuple[str, ...]] = (PROMPT_INDEX,) + PACKING_FEATURES
-    FEATURE_CONVERTER_CLS: ClassVar[type] = EncDecFeatureConverter
+    FEATURE_CONVERTER: ClassVar[str] = "EncDecFeatureConverter"
     INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", PROMPT_INDEX)
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {
         "inputs": ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"),
         "targets": ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                     "decoder_segment_ids", "decoder_positions")}
 
-    def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> seqio.FeatureConverter:
+    def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> "seqio.FeatureConverter":
         """With `pack`, seqio's packing with a prompt slot at the start of every example (see
         EncDecFeatureConverter): each example attends only within itself and sees its own copy of the prompt,
         so its logits are those of its unpacked row."""
         if not pack:
             return super().feature_converter(prompt_index)
-        return self.FEATURE_CONVERTER_CLS(pack=True, prompt_index=prompt_index, prompt_slots=self.prompt_slots())
+        return self._converter_cls()(pack=True, prompt_index=prompt_index, prompt_slots=self.prompt_slots())
 
     def prompt_slots(self) -> int:
         """The prompt positions each packed example reserves (its processor's length; 0 without a prompt)."""
@@ -348,12 +305,11 @@ class EncoderDecoderModel(BaseModel):
         tokens, prompt_index = features["encoder_input_tokens"], features.get(PROMPT_INDEX)
         b, c, t = features["decoder_target_tokens"].shape
         encoded = module.apply({"params": params}, tokens, prompt_index=prompt_index, method=module.encode)
-        per_row = lambda x: None if x is None else jnp.repeat(x, c, axis=0)  # noqa: E731  row i*C+j: input i
+        # Decoder row i*C+j is input i's candidate j; the decoder attends C rows to each encoded input.
         flat = {k: features[k].reshape(b * c, t) for k in ("decoder_input_tokens", "decoder_target_tokens",
                                                            "decoder_loss_weights")}
-        logits = module.apply({"params": params}, per_row(encoded), per_row(tokens), flat["decoder_input_tokens"],
-                              flat["decoder_target_tokens"], prompt_index=per_row(prompt_index),
-                              method=module.decode)
+        logits = module.apply({"params": params}, encoded, tokens, flat["decoder_input_tokens"],
+                              flat["decoder_target_tokens"], prompt_index=prompt_index, method=module.decode)
         log_probs = losses.token_log_probs(logits, flat["decoder_target_tokens"], flat["decoder_loss_weights"])
         return log_probs.sum(-1).reshape(b, c)
 
@@ -406,7 +362,7 @@ class DecoderOnlyModel(BaseModel):
 
     FEATURES: ClassVar[Tuple[str, ...]] = ("decoder_input_tokens", "decoder_target_tokens",
                                            "decoder_loss_weights", "decoder_causal_attention")
-    FEATURE_CONVERTER_CLS: ClassVar[type] = PrefixLMFeatureConverter
+    FEATURE_CONVERTER: ClassVar[str] = "PrefixLMFeatureConverter"
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {"sequence": FEATURES}   # inputs + targets, one row
 
     def _inputs(self, batch: dict) -> dict:

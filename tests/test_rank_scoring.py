@@ -69,6 +69,37 @@ def test_score_candidates_equals_each_row_scored_alone(world):
     np.testing.assert_allclose(models.BaseModel.score_candidates(model, params, batch), alone, atol=1e-5, rtol=0)
 
 
+def _dot_operand_shapes(jaxpr):
+    """The left operand's shape of every dot_general in a jaxpr, nested jaxprs (jit, custom_vjp) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn.invars[0].aval.shape
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _dot_operand_shapes(sub)
+
+
+def test_candidates_share_the_encoder_keys_and_values(world):
+    """The cross-attention keys and values are projected once per input: no dot runs over the encoder output
+    repeated per candidate ([B*C, L', emb]), as it did when the encoding was repeated per row."""
+    model, params, _ = world
+    b, c, length = 4, 3, LENGTHS["inputs"] + 5
+    batch = {"encoder_input_tokens": np.ones((b, LENGTHS["inputs"]), np.int32),
+             "prompt_index": np.zeros((b,), np.int32),
+             "decoder_input_tokens": np.ones((b, c, 4), np.int32), "decoder_target_tokens": np.ones((b, c, 4), np.int32)}
+    shapes = list(_dot_operand_shapes(jax.make_jaxpr(model.score_candidates)(params, batch).jaxpr))
+    assert (b, length, model.module.config.emb_dim) in shapes
+    assert not [s for s in shapes if s[:2] == (b * c, length)]
+
+
+def test_decoder_refuses_rows_that_do_not_divide_among_the_inputs(world):
+    model, params, _ = world
+    tokens, prompt_index = np.ones((2, LENGTHS["inputs"]), np.int32), np.zeros((2,), np.int32)
+    encoded = model.module.apply({"params": params}, tokens, prompt_index=prompt_index, method=model.module.encode)
+    with pytest.raises(ValueError, match="3 decoder rows for 2 encoded rows"):
+        model.module.apply({"params": params}, encoded, tokens, np.ones((3, 4), np.int32), np.ones((3, 4), np.int32),
+                           prompt_index=prompt_index, method=model.module.decode)
+
+
 def test_input_runs():
     tokens = np.array([[1, 2], [1, 2], [1, 2], [3, 4], [3, 4], [1, 2], [1, 2]])
     assert evaluation.input_runs({"t": tokens}, ["t"]) == [(0, 3), (3, 2), (5, 2)]

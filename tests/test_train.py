@@ -77,6 +77,20 @@ def test_adafactor_matches_t5x_update_by_hand():
     np.testing.assert_allclose(p["prompt"] + updates["prompt"], expected, rtol=1e-6)
 
 
+def test_training_from_arrays_imports_neither_seqio_nor_tensorflow():
+    """A process that builds a model and a trainer (the benchmarks, a serving process) does not pay the
+    ~0.6 GB of seqio + TensorFlow; they load with the first feature converter."""
+    import subprocess
+    import sys
+    code = ("import sys; from prompt_tuning import models; from prompt_tuning.train import trainer; "
+            "heavy = sorted({'seqio', 'tensorflow'} & set(sys.modules)); assert not heavy, heavy; "
+            "from prompt_tuning.t5.config import T5Config; from prompt_tuning.t5.network import Transformer; "
+            "models.EncoderDecoderModel(Transformer(T5Config(vocab_size=264))).feature_converter(); "
+            "assert 'tensorflow' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_split_merge_and_regex():
     params = {"encoder": {"prompt": {"prompt": 1}, "layers_0": {"pre_attention_layer_norm": {"scale": 2}}},
               "decoder": {"logits_dense": {"kernel": 3}}}

@@ -14,7 +14,7 @@ Without one the encoder sees the embedded tokens and `tokens > 0`.
 Packed rows (several examples per row, t5x's `pack=True`): `encoder_segment_ids` / `decoder_segment_ids`
 [B, L] (0 = padding) keep attention inside each example; relative positions need nothing more, as each
 example's positions are contiguous.  With a soft prompt, a packed row must already hold every segment's
-prompt slot (models.EncDecFeatureConverter(prompt_slots=P) puts them there; the call says so with
+prompt slot (feature_converters.EncDecFeatureConverter(prompt_slots=P) puts them there; the call says so with
 `packed_prompts=True`): the processor is then called with `segment_ids=` and `positions=` and fills the
 slots in place.  t5x's own packed rows have no slots, so with a prompt they are refused (see refuse_packed).
 """
@@ -82,8 +82,12 @@ class DecoderLayer(nn.Module):
                                                cache_index=cache_index)
         x = _dropout(cfg, x, det) + inputs
         y = layers.RMSNorm(dtype=_dtype(cfg), name="pre_cross_attention_layer_norm")(x)
+        # Rows that share an encoded input (see Decoder) attend as one longer query sequence: the encoder
+        # output's keys and values are then projected once per input, not once per row.
+        rows, length, emb = y.shape
+        y = y.reshape(encoded.shape[0], -1, emb)
         y = _attention(cfg, "encoder_decoder_attention")(y, encoded, cross_bias, deterministic=det)
-        y = _dropout(cfg, y, det) + x
+        y = _dropout(cfg, y.reshape(rows, length, emb), det) + x
         z = layers.RMSNorm(dtype=_dtype(cfg), name="pre_mlp_layer_norm")(y)
         z = _mlp(cfg)(z, deterministic=det)
         z = nn.with_logical_constraint(_dropout(cfg, z, det) + y, EMBED_AXES)
@@ -147,6 +151,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """T5 decoder.  `encoded` may have fewer rows than the decoder: with G = decoder rows / encoded rows, rows
+    i*G .. i*G+G-1 all attend to encoded row i (rank classification's G candidate targets of one input).
+    Exact: cross-attention has no position bias, and each query's softmax runs over its own input's keys."""
+
     config: T5Config
     shared_embedding: nn.Module
 
@@ -156,6 +164,10 @@ class Decoder(nn.Module):
                  decoder_segment_ids=None):
         cfg, dtype = self.config, _dtype(self.config)
         batch, length = decoder_input_tokens.shape
+        groups, rest = divmod(batch, encoded.shape[0])
+        if rest or (groups > 1 and decoder_segment_ids is not None):
+            raise ValueError(f"Decoder: {batch} decoder rows for {encoded.shape[0]} encoded rows; each encoded row "
+                             "needs the same number of consecutive decoder rows, and packed rows one each")
         y = self.shared_embedding(decoder_input_tokens)
         y = _dropout(cfg, y, deterministic).astype(dtype)
         y = nn.with_logical_constraint(y, EMBED_AXES)
@@ -180,7 +192,7 @@ class Decoder(nn.Module):
         else:
             query_valid = decoder_target_tokens > 0
             self_mask = layers.make_causal_mask(length) & layers.make_attention_mask(query_valid, query_valid)
-        cross_mask = layers.make_attention_mask(query_valid, encoder_valid)
+        cross_mask = layers.make_attention_mask(query_valid.reshape(-1, groups * length), encoder_valid)
         if decoder_segment_ids is not None:  # packed rows (never while decoding: Transformer refuses it)
             self_mask = self_mask & layers.make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal)
             cross_mask = cross_mask & layers.make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal)
