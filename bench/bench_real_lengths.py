@@ -10,7 +10,8 @@ system gets the same seeded stream of --batches batches.
 
 Train (RTE, BoolQ, MRPC; --batch examples a batch):
   ours_pad       the real Trainer.train_step, every batch padded to 512 inputs (+100 prompt), 8 targets.
-  ours_buckets   the same batches cut by data.trim_to_buckets to 64/128/256/512 inputs (one program per bucket).
+  ours_buckets   the same batches cut by data.trim_to_buckets to --buckets inputs (default 64/128/256/512; one
+                 program per bucket).
   ours_grouped   as ours_buckets, but each window of --window batches is sorted by input length, cut into
                  batches and those shuffled (seeded): data.group_by_length's composition, in numpy here.
   ours_packed    PACK=True: the stream packed by the model's converter (each example with its 100 prompt slots,
@@ -53,7 +54,7 @@ import common  # noqa: E402
 
 TRAIN_SYSTEMS = ("ours_pad", "ours_buckets", "ours_grouped", "ours_packed", "peft", "peft_compile")
 EVAL_SYSTEMS = ("ours_rank", "ours_rank_rows", "peft_rank")
-BUCKETS, MAX_INPUT, TARGET_LEN, PROMPT_LEN = (64, 128, 256, 512), 512, 8, common.PROMPT_LEN
+BUCKETS, MAX_INPUT, TARGET_LEN, PROMPT_LEN = "64,128,256,512", 512, 8, common.PROMPT_LEN
 PACK_TARGETS = 64   # a packed row's target positions: room for every example its inputs can hold
 # name: seqio task, phases, label words' tokens (t5_spiece.model + EOS), stand-in (mean, p95, max, examples)
 TASKS = {"rte": ("super_glue_rte_v102", ("train", "eval"), (5, 6), (84, 178, 284, 277)),
@@ -202,7 +203,7 @@ def make_batches(system, task, lens, args, vocab):
                 batch = seq2seq(inp, np.broadcast_to(pad(cands, TARGET_LEN), (b, c, TARGET_LEN)).copy())
             else:
                 batch = seq2seq(np.repeat(inp, c, axis=0), np.tile(pad(cands, TARGET_LEN), (b, 1)))
-            buckets = None if system == "ours_pad" else {"inputs": BUCKETS}
+            buckets = None if system == "ours_pad" else {"inputs": tuple(int(n) for n in args.buckets.split(","))}
             batches.append(data.trim_to_buckets(batch, EncoderDecoderModel.LENGTH_GROUPS, buckets))
         enc, dec = "encoder_input_tokens", "decoder_target_tokens"
     computed = sum(x[enc].shape[0] * (x[enc].shape[1] + PROMPT_LEN) + np.prod(x[dec].shape) for x in batches)
@@ -321,7 +322,8 @@ def worker(args):
     times, cpu, step_rss = common.time_calls(one_pass, 0, args.steps)
     common.report({
         "system": system, "task": task, "phase": phase_of(system), "quick": bool(args.quick), "batch": args.batch,
-        "eval_batch": args.eval_batch, "batches": len(batches), "window": args.window, "examples_per_pass": examples,
+        "eval_batch": args.eval_batch, "batches": len(batches), "window": args.window, "buckets": args.buckets,
+        "examples_per_pass": examples,
         "median_s": statistics.median(times), "times_s": times, "cpu_median_s": statistics.median(cpu),
         "examples_per_s": examples / statistics.median(times), "useful_share": useful, "input_widths": widths,
         "warmup_s": warm_s, "peak_rss_bytes": common.maxrss_bytes(), "step_rss_bytes": step_rss,
@@ -356,6 +358,7 @@ def main(argv=None):
     p.add_argument("--eval-batch", type=int, default=8, help="eval inputs per batch")
     p.add_argument("--batches", type=int, default=None, help="batches in the stream (default 8; --quick 4)")
     p.add_argument("--window", type=int, default=4, help="ours_grouped: batches sorted together")
+    p.add_argument("--buckets", default=BUCKETS, help="ours (but ours_pad): input lengths, as LENGTH_BUCKETS")
     p.add_argument("--steps", type=int, default=1, help="timed passes over the stream per child")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; --quick 1)")
     p.add_argument("--microbatches", type=int, default=4, help="ours: Trainer num_microbatches (bench_w_small's)")
@@ -390,7 +393,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench_real_lengths_") as tmp:
         lengths_path = os.path.join(tmp, "lengths.json")
         passthrough = ["--batch", str(args.batch), "--eval-batch", str(args.eval_batch), "--batches",
-                       str(args.batches), "--window", str(args.window), "--steps", str(args.steps), "--microbatches",
+                       str(args.batches), "--window", str(args.window), "--buckets", args.buckets, "--steps", str(args.steps), "--microbatches",
                        str(args.microbatches), "--seed", str(args.seed), "--threads", str(args.threads),
                        "--shared", args.shared, "--lengths", lengths_path] + (["--quick"] if args.quick else [])
         if common.run_child(__file__, ["lengths", ",".join(tasks), *passthrough], "lengths") is None:

@@ -45,9 +45,6 @@ class BaseModel:
     # Features the module reads (the feature converter's model features) and those a batch may omit.
     FEATURES: ClassVar[Tuple[str, ...]] = ()
     OPTIONAL_FEATURES: ClassVar[Tuple[str, ...]] = (PROMPT_INDEX,)
-    # The feature converter, a class of `prompt_tuning.feature_converters` by name: that module (seqio and
-    # TensorFlow, ~0.6 GB resident) is imported only when data is converted, not by every process with a model.
-    FEATURE_CONVERTER: ClassVar[str] = ""
     # The features that fix a row's input side: rows equal in these can share one encoding when scored
     # (`score_candidates`).  Empty: every row is scored on its own.
     INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ()
@@ -63,11 +60,12 @@ class BaseModel:
         """
         if pack:
             raise UserError(f"PACK=True: {type(self).__name__} cannot pack examples (EncoderDecoderModel can)")
-        return self._converter_cls()(pack=False, prompt_index=prompt_index)
+        return self.feature_converter_cls()(pack=False, prompt_index=prompt_index)
 
-    def _converter_cls(self) -> type:
-        from prompt_tuning import feature_converters
-        return getattr(feature_converters, self.FEATURE_CONVERTER)
+    def feature_converter_cls(self) -> type:
+        """The seqio converter class.  Imported here, not at the top: `prompt_tuning.feature_converters` loads
+        seqio and TensorFlow (~0.6 GB resident), which a process that only runs the model does not need."""
+        raise NotImplementedError
 
     def features(self, batch: Batch, *required: str) -> dict:
         """The model features of `batch` as arrays; other keys (strings, ids) are dropped before jit."""
@@ -262,7 +260,6 @@ class EncoderDecoderModel(BaseModel):
     PACKING_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_segment_ids", "encoder_positions",
                                                    "decoder_segment_ids", "decoder_positions")
     OPTIONAL_FEATURES: ClassVar[Tuple[str, ...]] = (PROMPT_INDEX,) + PACKING_FEATURES
-    FEATURE_CONVERTER: ClassVar[str] = "EncDecFeatureConverter"
     INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ("encoder_input_tokens", PROMPT_INDEX)
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {
         "inputs": ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions"),
@@ -271,11 +268,15 @@ class EncoderDecoderModel(BaseModel):
 
     def feature_converter(self, prompt_index: Optional[int] = None, pack: bool = False) -> "seqio.FeatureConverter":
         """With `pack`, seqio's packing with a prompt slot at the start of every example (see
-        EncDecFeatureConverter): each example attends only within itself and sees its own copy of the prompt,
+        feature_converters.EncDecFeatureConverter): each example attends only within itself and sees its own copy of the prompt,
         so its logits are those of its unpacked row."""
         if not pack:
             return super().feature_converter(prompt_index)
-        return self._converter_cls()(pack=True, prompt_index=prompt_index, prompt_slots=self.prompt_slots())
+        return self.feature_converter_cls()(pack=True, prompt_index=prompt_index, prompt_slots=self.prompt_slots())
+
+    def feature_converter_cls(self) -> type:
+        from prompt_tuning.feature_converters import EncDecFeatureConverter
+        return EncDecFeatureConverter
 
     def prompt_slots(self) -> int:
         """The prompt positions each packed example reserves (its processor's length; 0 without a prompt)."""
@@ -362,8 +363,11 @@ class DecoderOnlyModel(BaseModel):
 
     FEATURES: ClassVar[Tuple[str, ...]] = ("decoder_input_tokens", "decoder_target_tokens",
                                            "decoder_loss_weights", "decoder_causal_attention")
-    FEATURE_CONVERTER: ClassVar[str] = "PrefixLMFeatureConverter"
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {"sequence": FEATURES}   # inputs + targets, one row
+
+    def feature_converter_cls(self) -> type:
+        from prompt_tuning.feature_converters import PrefixLMFeatureConverter
+        return PrefixLMFeatureConverter
 
     def _inputs(self, batch: dict) -> dict:
         return {"decoder_input_tokens": batch["decoder_input_tokens"],

@@ -81,13 +81,12 @@ class DecoderLayer(nn.Module):
         x = _attention(cfg, "self_attention")(x, x, self_bias, deterministic=det, decode=self.decode,
                                                cache_index=cache_index)
         x = _dropout(cfg, x, det) + inputs
-        y = layers.RMSNorm(dtype=_dtype(cfg), name="pre_cross_attention_layer_norm")(x)
+        queries = layers.RMSNorm(dtype=_dtype(cfg), name="pre_cross_attention_layer_norm")(x)
         # Rows that share an encoded input (see Decoder) attend as one longer query sequence: the encoder
         # output's keys and values are then projected once per input, not once per row.
-        rows, length, emb = y.shape
-        y = y.reshape(encoded.shape[0], -1, emb)
-        y = _attention(cfg, "encoder_decoder_attention")(y, encoded, cross_bias, deterministic=det)
-        y = _dropout(cfg, y.reshape(rows, length, emb), det) + x
+        grouped = queries.reshape(encoded.shape[0], -1, queries.shape[-1])
+        attended = _attention(cfg, "encoder_decoder_attention")(grouped, encoded, cross_bias, deterministic=det)
+        y = _dropout(cfg, attended.reshape(queries.shape), det) + x
         z = layers.RMSNorm(dtype=_dtype(cfg), name="pre_mlp_layer_norm")(y)
         z = _mlp(cfg)(z, deterministic=det)
         z = nn.with_logical_constraint(_dropout(cfg, z, det) + y, EMBED_AXES)
@@ -153,7 +152,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """T5 decoder.  `encoded` may have fewer rows than the decoder: with G = decoder rows / encoded rows, rows
     i*G .. i*G+G-1 all attend to encoded row i (rank classification's G candidate targets of one input).
-    Exact: cross-attention has no position bias, and each query's softmax runs over its own input's keys."""
+    Exact: cross-attention has no position bias, and each query's softmax runs over its own input's keys.
+    (Not with attention dropout, whose mask is drawn per attended row: G > 1 is refused when dropout is on.)"""
 
     config: T5Config
     shared_embedding: nn.Module
@@ -165,9 +165,12 @@ class Decoder(nn.Module):
         cfg, dtype = self.config, _dtype(self.config)
         batch, length = decoder_input_tokens.shape
         groups, rest = divmod(batch, encoded.shape[0])
-        if rest or (groups > 1 and decoder_segment_ids is not None):
-            raise ValueError(f"Decoder: {batch} decoder rows for {encoded.shape[0]} encoded rows; each encoded row "
-                             "needs the same number of consecutive decoder rows, and packed rows one each")
+        dropout = not deterministic and cfg.dropout_rate > 0
+        if rest or encoder_valid.shape[0] != encoded.shape[0] or (groups > 1 and (decoder_segment_ids is not None
+                                                                                  or dropout)):
+            raise ValueError(f"Decoder: {batch} decoder rows for {encoded.shape[0]} encoded rows (encoder mask "
+                             f"{encoder_valid.shape[0]}); each encoded row needs the same number of consecutive "
+                             "decoder rows, and packed rows or dropout one each")
         y = self.shared_embedding(decoder_input_tokens)
         y = _dropout(cfg, y, deterministic).astype(dtype)
         y = nn.with_logical_constraint(y, EMBED_AXES)
@@ -246,7 +249,11 @@ class Transformer(nn.Module):
                encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
                enable_dropout=False, decode=False, max_decode_length=None, prompt_index=None,
                encoder_positions=None, packed_prompts=False):
-        """Float32 logits [B, T, vocab] given the encoder output; `decode=True` uses/extends the 'cache'."""
+        """Float32 logits [B, T, vocab] given the encoder output; `decode=True` uses/extends the 'cache'.
+
+        The encoder side (`encoded`, `encoder_input_tokens`, `prompt_index`, encoder segment ids) may have B/G
+        rows, one per input whose G consecutive decoder rows share it (see Decoder).
+        """
         packed = self._check_packed(packed_prompts, encoder_segment_ids=encoder_segment_ids,
                                     decoder_segment_ids=decoder_segment_ids, decoder_positions=decoder_positions,
                                     encoder_positions=encoder_positions)
