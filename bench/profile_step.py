@@ -7,6 +7,7 @@ isolated float32 GEMM rate of XLA (and of torch, when installed) at the step's d
 time those rates would allow if every FLOP ran at them.
 
     python bench/profile_step.py [--phase train|score] [--microbatches 4] [--calls 2]
+    python bench/profile_step.py --gemm-dtypes float32,bfloat16   # the GEMM rates alone, and XLA's dot types
 """
 import argparse
 import collections
@@ -90,13 +91,13 @@ def wall_by_kind(trace_file, instructions, computations, calls: int):
     return kinds
 
 
-def gemm_rate(m: int, k: int, n: int, repeats: int = 20):
-    """Best float32 GFLOP/s of one [m,k]x[k,n] matmul: XLA, and torch when importable."""
+def gemm_rate(m: int, k: int, n: int, repeats: int = 20, dtype: str = "float32"):
+    """Best GFLOP/s of one [m,k]x[k,n] matmul in `dtype`: XLA, and torch when importable."""
     import jax
     import numpy as np
     rates = {}
     a, b = np.random.rand(m, k).astype(np.float32), np.random.rand(k, n).astype(np.float32)
-    xa, xb = jax.device_put(a), jax.device_put(b)
+    xa, xb = jax.device_put(a).astype(dtype), jax.device_put(b).astype(dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     rates["xla"] = _best_rate(lambda: matmul(xa, xb).block_until_ready(), 2 * m * k * n, repeats)
     try:
@@ -104,9 +105,21 @@ def gemm_rate(m: int, k: int, n: int, repeats: int = 20):
     except ImportError:
         return rates
     torch.set_num_threads(os.cpu_count())
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    ta, tb = torch.from_numpy(a).to(getattr(torch, dtype)), torch.from_numpy(b).to(getattr(torch, dtype))
     rates["torch"] = _best_rate(lambda: ta @ tb, 2 * m * k * n, repeats)
     return rates
+
+
+def xla_dot_dtypes(m: int, k: int, n: int, dtype: str):
+    """The operand types of the dots XLA:CPU actually runs for a `dtype` matmul (after its own passes,
+    which may convert bfloat16 operands to float32 where the backend has no bfloat16 dot)."""
+    import jax
+    import jax.numpy as jnp
+    x, y = jnp.zeros((m, k), dtype), jnp.zeros((k, n), dtype)
+    hlo = jax.jit(lambda a, b: a @ b).lower(x, y).compile().as_text()
+    instructions, _ = parse_hlo(hlo)
+    return sorted({instructions[re.findall(r"%([\w.\-]+)", rest)[0]][1].split("[")[0]
+                   for _, _, opcode, rest in instructions.values() if opcode == "dot"})
 
 
 def _best_rate(fn, flops, repeats):
@@ -125,7 +138,16 @@ def main():
     p.add_argument("--phase", choices=("train", "score"), default="train")
     p.add_argument("--microbatches", type=int, default=4)
     p.add_argument("--calls", type=int, default=2, help="traced calls (after 2 untimed warm-ups)")
+    p.add_argument("--gemm-dtypes", default=None,
+                   help="only the isolated GEMM at the step's shape, in these dtypes (e.g. float32,bfloat16)")
     args = p.parse_args()
+    rows = common.BATCH // args.microbatches * (common.INPUT_LEN + common.PROMPT_LEN)  # one microbatch's positions
+    if args.gemm_dtypes:
+        for dtype in args.gemm_dtypes.split(","):
+            rates = gemm_rate(rows, 512, 1024, dtype=dtype)
+            print(f"GEMM [{rows},512]x[512,1024] {dtype}: " + ", ".join(f"{system} {rate:.0f} GFLOP/s"
+                  for system, rate in rates.items()) + f"; XLA runs its dots on {xla_dot_dtypes(rows, 512, 1024, dtype)}")
+        return
     import jax
 
     ours = common.ours_setup(args.microbatches)
@@ -160,7 +182,6 @@ def main():
     for kind, (wall, gflop) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
         rate = f"{gflop / wall:6.1f} GFLOP/s" if gflop else ""
         print(f"  {kind:30s} {wall:5.2f} s  {100 * wall / total_wall:4.1f}%  {gflop:6.1f} GFLOP  {rate}")
-    rows = common.BATCH // args.microbatches * (common.INPUT_LEN + common.PROMPT_LEN)  # one microbatch's positions
     for system, rate in gemm_rate(rows, 512, 1024).items():
         print(f"  isolated GEMM [{rows},512]x[512,1024], {system}: {rate:.0f} GFLOP/s -> "
               f"{total_flops:.0f} GFLOP at that rate = {total_flops / rate:.2f} s")

@@ -48,6 +48,8 @@ class BaseModel:
     # The features that fix a row's input side: rows equal in these can share one encoding when scored
     # (`score_candidates`).  Empty: every row is scored on its own.
     INPUT_FEATURES: ClassVar[Tuple[str, ...]] = ()
+    # The task features (seqio's names) whose lengths TASK_FEATURE_LENGTHS must give.
+    TASK_FEATURES: ClassVar[Tuple[str, ...]] = ("inputs", "targets")
     # Features whose length is one (padding is cut off them together; see data.trim_to_buckets), by name.
     LENGTH_GROUPS: ClassVar[Mapping[str, Tuple[str, ...]]] = {}
 
@@ -88,12 +90,16 @@ class BaseModel:
         return tuple(k for k in self.FEATURES if k.endswith("_tokens"))
 
     def model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
-        wanted = set(self.feature_converter().TASK_FEATURES)
-        missing = sorted(wanted - set(task_feature_lengths))
+        """The length of each model feature of an unpacked batch, as this model's seqio converter gives it
+        (a test checks they agree), computed here so that building a model's batch does not load seqio."""
+        missing = sorted(set(self.TASK_FEATURES) - set(task_feature_lengths))
         if missing:
             raise UserError(f"TASK_FEATURE_LENGTHS={dict(task_feature_lengths)} lacks {missing}: this model "
-                            f"needs a length for each of {sorted(wanted)}")
-        return dict(self.feature_converter().get_model_feature_lengths(dict(task_feature_lengths)))
+                            f"needs a length for each of {sorted(self.TASK_FEATURES)}")
+        return self._feature_lengths(task_feature_lengths)
+
+    def _feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
+        raise NotImplementedError
 
     def dummy_batch(self, task_feature_lengths: Mapping[str, int], batch_size: int = 1) -> dict:
         """All-ones features with the run's shapes (initialisation and sharding only look at shapes)."""
@@ -278,6 +284,11 @@ class EncoderDecoderModel(BaseModel):
         from prompt_tuning.feature_converters import EncDecFeatureConverter
         return EncDecFeatureConverter
 
+    def _feature_lengths(self, task_feature_lengths):
+        targets = task_feature_lengths["targets"]
+        return {"encoder_input_tokens": task_feature_lengths["inputs"], "decoder_input_tokens": targets,
+                "decoder_target_tokens": targets, "decoder_loss_weights": targets}
+
     def prompt_slots(self) -> int:
         """The prompt positions each packed example reserves (its processor's length; 0 without a prompt)."""
         factory = self.module.encoder_input_processor_factory
@@ -368,6 +379,9 @@ class DecoderOnlyModel(BaseModel):
     def feature_converter_cls(self) -> type:
         from prompt_tuning.feature_converters import PrefixLMFeatureConverter
         return PrefixLMFeatureConverter
+
+    def _feature_lengths(self, task_feature_lengths):
+        return dict.fromkeys(self.FEATURES, task_feature_lengths["inputs"] + task_feature_lengths["targets"])
 
     def _inputs(self, batch: dict) -> dict:
         return {"decoder_input_tokens": batch["decoder_input_tokens"],

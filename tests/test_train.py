@@ -11,7 +11,9 @@ import pytest
 from flax import traverse_util
 
 from prompt_tuning import losses, models, partitioning
+from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.processor import PromptProcessor
+from prompt_tuning.t5.decoder_only import DecoderOnly
 from prompt_tuning.t5.network import Transformer
 from prompt_tuning.train import data, loop, optimizers, params as params_lib, setup, testing
 from prompt_tuning.train import trainer as trainer_lib
@@ -78,17 +80,29 @@ def test_adafactor_matches_t5x_update_by_hand():
 
 
 def test_training_from_arrays_imports_neither_seqio_nor_tensorflow():
-    """A process that builds a model and a trainer (the benchmarks, a serving process) does not pay the
-    ~0.6 GB of seqio + TensorFlow; they load with the first feature converter."""
+    """A process that builds a model, its batch shapes and its variables (the benchmarks, a serving process)
+    does not pay the ~0.6 GB of seqio + TensorFlow; they load with the first feature converter."""
     import subprocess
     import sys
-    code = ("import sys; from prompt_tuning import models; from prompt_tuning.train import trainer; "
-            "heavy = sorted({'seqio', 'tensorflow'} & set(sys.modules)); assert not heavy, heavy; "
+    code = ("import sys, jax; from prompt_tuning import models; from prompt_tuning.train import trainer; "
             "from prompt_tuning.t5.config import T5Config; from prompt_tuning.t5.network import Transformer; "
-            "models.EncoderDecoderModel(Transformer(T5Config(vocab_size=264))).feature_converter(); "
-            "assert 'tensorflow' in sys.modules")
+            "model = models.EncoderDecoderModel(Transformer(T5Config(vocab_size=264, emb_dim=8, num_heads=2, "
+            "head_dim=4, mlp_dim=8, num_encoder_layers=1, num_decoder_layers=1))); "
+            "model.init(jax.random.PRNGKey(0), model.dummy_batch({'inputs': 4, 'targets': 2})); "
+            "heavy = sorted({'seqio', 'tensorflow'} & set(sys.modules)); assert not heavy, heavy; "
+            "model.feature_converter(); assert 'tensorflow' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_model_feature_lengths_are_the_converters():
+    lengths = {"inputs": 7, "targets": 3}
+    for model in (models.EncoderDecoderModel(Transformer(testing.tiny_config())),
+                  models.DecoderOnlyModel(DecoderOnly(testing.tiny_config()))):
+        assert model.model_feature_lengths(lengths) == dict(
+            model.feature_converter().get_model_feature_lengths(lengths)), type(model).__name__
+        with pytest.raises(UserError, match="lacks \\['targets'\\]"):
+            model.model_feature_lengths({"inputs": 7})
 
 
 def test_split_merge_and_regex():
