@@ -25,7 +25,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest"],
+    # pytest-xdist: the README's test command runs the modules on 2 processes (one per core here).
+    "test": ["pytest", "pytest-xdist"],
     # Only parity tests and the peer benchmark use these.  torch is always
     # pinned: an unpinned torch pulls a multi-GB CUDA build.
     "torch": ["torch==2.13.0", "transformers>=5,<6", "peft"],
