@@ -79,13 +79,14 @@ def test_adafactor_matches_t5x_update_by_hand():
     np.testing.assert_allclose(p["prompt"] + updates["prompt"], expected, rtol=1e-6)
 
 
-def test_training_from_arrays_imports_neither_seqio_nor_tensorflow():
+def test_a_model_and_its_variables_from_arrays_import_neither_seqio_nor_tensorflow():
     """A process that builds a model, its batch shapes and its variables (the benchmarks, a serving process)
     does not pay the ~0.6 GB of seqio + TensorFlow; they load with the first feature converter."""
     import subprocess
     import sys
     code = ("import sys, jax; from prompt_tuning import models; from prompt_tuning.train import trainer; "
             "from prompt_tuning.t5.config import T5Config; from prompt_tuning.t5.network import Transformer; "
+            # A config of its own: train.testing's tiny_config registers seqio tasks on import.
             "model = models.EncoderDecoderModel(Transformer(T5Config(vocab_size=264, emb_dim=8, num_heads=2, "
             "head_dim=4, mlp_dim=8, num_encoder_layers=1, num_decoder_layers=1))); "
             "model.init(jax.random.PRNGKey(0), model.dummy_batch({'inputs': 4, 'targets': 2})); "
