@@ -242,7 +242,8 @@ def ours_system(system, batches, dims, args):
     params, shardings = tparams.init_params(model, shapes, mesh, jax.random.PRNGKey(0))
     trainer = ttrainer.Trainer(model=model, params=params, param_shardings=shardings, mesh=mesh,
                                optimizer=optimizers.adafactor(learning_rate=0.3), learning_rate_fn=lambda step: 0.3,
-                               num_microbatches=args.microbatches, z_loss=1e-4)
+                               num_microbatches=1 if args.microbatch_positions else args.microbatches,
+                               microbatch_positions=args.microbatch_positions or None, z_loss=1e-4)
     del params
     # Placed before timing, as common.ours_setup (= data.to_global on one process, without its tf import).
     batches[:] = [{k: jax.device_put(v, trainer.batch_sharding) for k, v in x.items()} for x in batches]
@@ -323,6 +324,7 @@ def worker(args):
     common.report({
         "system": system, "task": task, "phase": phase_of(system), "quick": bool(args.quick), "batch": args.batch,
         "eval_batch": args.eval_batch, "batches": len(batches), "window": args.window, "buckets": args.buckets,
+        "microbatches": args.microbatches, "microbatch_positions": args.microbatch_positions,
         "examples_per_pass": examples,
         "median_s": statistics.median(times), "times_s": times, "cpu_median_s": statistics.median(cpu),
         "examples_per_s": examples / statistics.median(times), "useful_share": useful, "input_widths": widths,
@@ -362,6 +364,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1, help="timed passes over the stream per child")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; --quick 1)")
     p.add_argument("--microbatches", type=int, default=4, help="ours: Trainer num_microbatches (bench_w_small's)")
+    p.add_argument("--microbatch-positions", type=int, default=0,
+                   help="ours: Trainer microbatch_positions instead of --microbatches (0: off), e.g. 2048")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--shared", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
@@ -386,15 +390,17 @@ def main(argv=None):
     if not all(importlib.util.find_spec(m) for m in ("peft", "torch", "transformers")):
         print("torch/transformers/peft not installed (pip install -e .[torch]); skipping the PEFT baselines")
         systems = [s for s in systems if not s.startswith("peft")]
+    split = f"of {args.microbatch_positions} positions" if args.microbatch_positions else args.microbatches
     print(f"{'TINY (smoke only)' if args.quick else 'W-small'}: train batch {args.batch}, eval batch "
           f"{args.eval_batch}, {args.batches} batches, window {args.window}, {args.steps} timed passes x "
-          f"{args.rounds} rounds, ours microbatches {args.microbatches}; load {' '.join(common.loadavg())}")
+          f"{args.rounds} rounds, ours microbatches {split}; load {' '.join(common.loadavg())}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_real_lengths_") as tmp:
         lengths_path = os.path.join(tmp, "lengths.json")
         passthrough = ["--batch", str(args.batch), "--eval-batch", str(args.eval_batch), "--batches",
-                       str(args.batches), "--window", str(args.window), "--buckets", args.buckets, "--steps", str(args.steps), "--microbatches",
-                       str(args.microbatches), "--seed", str(args.seed), "--threads", str(args.threads),
+                       str(args.batches), "--window", str(args.window), "--buckets", args.buckets, "--steps",
+                       str(args.steps), "--microbatches", str(args.microbatches), "--microbatch-positions",
+                       str(args.microbatch_positions), "--seed", str(args.seed), "--threads", str(args.threads),
                        "--shared", args.shared, "--lengths", lengths_path] + (["--quick"] if args.quick else [])
         if common.run_child(__file__, ["lengths", ",".join(tasks), *passthrough], "lengths") is None:
             return None

@@ -15,21 +15,21 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 BATCH, INPUT_LEN, PROMPT_LEN, TARGET_LEN = 8, 412, 100, 8
 VOCAB = 32128
 
 
-def make_batch(seed: int = 0):
+def make_batch(seed: int = 0, batch: int = BATCH, input_len: int = INPUT_LEN):
     """Full-length random inputs (no padding) ending in EOS; targets of 8 real tokens ending in EOS."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    inputs = rng.integers(3, VOCAB, (BATCH, INPUT_LEN), dtype=np.int32)
+    inputs = rng.integers(3, VOCAB, (batch, input_len), dtype=np.int32)
     inputs[:, -1] = 1
-    targets = rng.integers(3, VOCAB, (BATCH, TARGET_LEN), dtype=np.int32)
+    targets = rng.integers(3, VOCAB, (batch, TARGET_LEN), dtype=np.int32)
     targets[:, -1] = 1
-    decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+    decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], axis=1)
     return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
             "decoder_target_tokens": targets, "decoder_loss_weights": np.ones_like(targets, np.float32)}
 
@@ -42,7 +42,7 @@ class Ours:
 
 
 def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = False, remat: str = "none",
-               model_tuning: bool = False) -> Ours:
+               model_tuning: bool = False, microbatch_positions: Optional[int] = None) -> Ours:
     """The real Trainer on W-small (bf16: bfloat16 activations and, unless f32_frozen, frozen weights).
 
     model_tuning: every parameter trainable with runs/model_finetune.gin's optimizer (t5x's default Adafactor,
@@ -75,7 +75,8 @@ def ours_setup(microbatches: int = 1, bf16: bool = False, f32_frozen: bool = Fal
         tx = optimizers.adafactor(learning_rate=lr)
     trainer = ttrainer.Trainer(model=model, params=params, param_shardings=shardings, mesh=mesh,
                                optimizer=tx, learning_rate_fn=lambda step: lr, trainable_regex=regex,
-                               num_microbatches=microbatches, frozen_dtype="bfloat16" if bf16 and not f32_frozen
+                               num_microbatches=microbatches, microbatch_positions=microbatch_positions,
+                               frozen_dtype="bfloat16" if bf16 and not f32_frozen
                                else None, z_loss=1e-4)
     del params
     # jax.device_put with the trainer's batch sharding = data.to_global on one process, without importing

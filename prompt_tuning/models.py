@@ -16,6 +16,7 @@ are traced inside the trainer's jitted steps.  Models are frozen dataclasses, ha
 """
 import dataclasses
 import functools
+import math
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -88,6 +89,17 @@ class BaseModel:
     @property
     def token_features(self) -> Tuple[str, ...]:
         return tuple(k for k in self.FEATURES if k.endswith("_tokens"))
+
+    def prompt_length(self) -> int:
+        """The positions the prompt adds to every row (its processor's length; 0 without a prompt)."""
+        factory = getattr(self.module, getattr(self.module, "PROCESSOR_HOOK", ""), None)
+        return int(getattr(factory(), "length", 0)) if factory is not None else 0
+
+    def positions_per_row(self, batch: Batch) -> int:
+        """The positions one row of `batch` fills in the network: each length group's (a candidates batch's
+        [B, C, T] targets count C * T) plus the prompt's.  `Trainer.microbatch_positions` budgets these."""
+        groups = [names[0] for names in self.LENGTH_GROUPS.values() if names[0] in batch]
+        return sum(math.prod(batch[k].shape[1:]) for k in groups) + self.prompt_length()
 
     def model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict:
         """The length of each model feature of an unpacked batch, as this model's seqio converter gives it

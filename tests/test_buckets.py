@@ -75,6 +75,41 @@ def test_a_bucketed_step_scores_and_decodes_as_the_full_batch(placement):
     np.testing.assert_array_equal(tokens_b, tokens_a)
 
 
+def test_microbatch_positions_split_each_length_by_its_positions_and_keep_the_step():
+    """MICROBATCH_POSITIONS: the fewest microbatches whose rows fit the budget, per batch shape; same step."""
+    mesh = partitioning.make_mesh(1, jax.devices()[:2])   # 2-way 'data': 4 of the 8 rows on each device
+    model = _model("prefix")
+    params, shardings = params_lib.init_params(model, model.dummy_batch(LENGTHS), mesh, jax.random.PRNGKey(0))
+    tx, schedule = optimizers.make_optimizer()
+    whole = trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule)
+    budget = trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, microbatch_positions=75)
+
+    def shapes(inputs, targets, candidates=()):
+        dec = jax.ShapeDtypeStruct((8, *candidates, targets), np.int32)
+        return {"encoder_input_tokens": jax.ShapeDtypeStruct((8, inputs), np.int32), "decoder_input_tokens": dec,
+                "decoder_target_tokens": dec, "decoder_loss_weights": dec}
+    assert model.positions_per_row(shapes(16, 4)) == 16 + 4 + 3          # inputs + targets + the prompt's 3
+    assert model.positions_per_row(shapes(16, 4, candidates=(3,))) == 16 + 3 * 4 + 3
+    # Per device, 4 rows of 15 positions fit 75 whole; of 23, in 2 microbatches; of 51 (the full length), in 4.
+    assert [budget.microbatches(shapes(*s)) for s in ((8, 4), (16, 4), (40, 8))] == [1, 2, 4]
+    assert budget.microbatches(shapes(400, 8)) == 4                     # over budget even alone: a row a device
+    assert whole.microbatches(shapes(400, 8)) == 1
+    outs = []
+    for trainer in (whole, budget):
+        batch, state = data.to_global(_numpy_batch(), mesh), trainer.init_state()
+        scores = np.asarray(trainer.score_batch(state, batch))
+        state, metrics = trainer.train_step(state, batch)
+        outs.append((float(metrics["loss"]), jax.device_get(state.trainable), scores))
+    (loss_a, prompt_a, score_a), (loss_b, prompt_b, score_b) = outs
+    assert loss_b == pytest.approx(loss_a, abs=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), prompt_a, prompt_b)
+    np.testing.assert_allclose(score_b, score_a, atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="num_microbatches=2 and microbatch_positions=75: give a count or a position"):
+        trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, num_microbatches=2, microbatch_positions=75)
+    with pytest.raises(UserError, match="microbatch_positions=0: use a positive int"):
+        trainer_lib.Trainer(model, params, shardings, mesh, tx, schedule, microbatch_positions=0)
+
+
 def test_group_by_length_keeps_each_window_and_sorts_its_batches():
     cfg = dict(shuffle=False)
     plain = data.get_dataset(data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8, **cfg),
@@ -110,14 +145,17 @@ def test_identity_records_grouping_but_not_buckets():
 
 
 def test_a_bucketed_run_trains_and_evaluates_as_the_padded_one(tmp_path):
-    """loop.train with LENGTH_BUCKETS: the same final prompt and the same evaluation as without."""
+    """loop.train with LENGTH_BUCKETS: the same final prompt and the same evaluation as without, also when
+    MICROBATCH_POSITIONS splits the longer batches (4 rows a device, 3 prompt positions and 8 targets each:
+    the steps' 8-token inputs fill 76 positions and run whole, their 16-token ones fill 108 and split)."""
     results = []
-    for name, buckets in (("padded", None), ("bucketed", BUCKETS)):
+    for name, buckets, split in (("padded", None, {}),
+                                 ("bucketed", BUCKETS, dict(num_devices=2, microbatch_positions=80))):
         gin.clear_config()
         result = loop.train(model_dir=str(tmp_path / name), model=_model("prefix"),
                             train_dataset_cfg=data.DatasetConfig(testing.TINY_TASK, LENGTHS, batch_size=8,
                                                                  length_buckets=buckets),
-                            train_steps=3, eval_period=3, log_every=3)
+                            train_steps=3, eval_period=3, log_every=3, **split)
         results.append((result, read_trainable(os.path.join(result.model_dir, "checkpoints"))))
     (padded, prompt_a), (bucketed, prompt_b) = results
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), prompt_a, prompt_b)

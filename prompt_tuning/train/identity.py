@@ -3,8 +3,8 @@
 In it: the data stream (task, split, feature lengths, batch size, seeds, shuffling, prompt rows), the loss
 settings, what is trained and how (trainable regex, each trainable array's shape, a fingerprint of the
 initial prompt, which covers its initializer and seed, and the optimizer's gin bindings), and the frozen
-model's content.  Not in it: the mesh, the device count, MODEL_PARALLEL_SIZE, NUM_MICROBATCHES and
-LENGTH_BUCKETS, which a run may change between starts without changing its steps.
+model's content.  Not in it: the mesh, the device count, MODEL_PARALLEL_SIZE, NUM_MICROBATCHES,
+MICROBATCH_POSITIONS and LENGTH_BUCKETS, which a run may change between starts without changing its steps.
 """
 import dataclasses
 import hashlib

@@ -71,7 +71,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
           eval_num_examples: Optional[int] = None, eval_batch_size: Optional[int] = None,
           eval_at_start: bool = False, model_parallel_size: int = 1, num_devices: Optional[int] = None,
           trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX, num_microbatches: int = 1,
-          z_loss: float = 1e-4, loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
+          microbatch_positions: Optional[int] = None, z_loss: float = 1e-4,
+          loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
           frozen_dtype: Optional[str] = None, seed: int = 0, log_every: int = 10,
           early_stopping_metric: Optional[str] = None, early_stopping_patience: int = 0,
           on_nonfinite: str = "stop", resume_despite_changes: bool = False,
@@ -91,7 +92,8 @@ def train(*, model_dir: str = gin.REQUIRED, model: BaseModel = gin.REQUIRED,
     data.check_batch_size(train_dataset_cfg, mesh)
     data.check_length_buckets(train_dataset_cfg.length_buckets, model.LENGTH_GROUPS)
     trainer = setup.build_trainer(model, lengths, mesh, initial_checkpoint_path=initial_checkpoint_path, seed=seed,
-                                  trainable_regex=trainable_regex, num_microbatches=num_microbatches, z_loss=z_loss,
+                                  trainable_regex=trainable_regex, num_microbatches=num_microbatches,
+                                  microbatch_positions=microbatch_positions, z_loss=z_loss,
                                   loss_normalizing_factor=loss_normalizing_factor, frozen_dtype=frozen_dtype,
                                   on_nonfinite=on_nonfinite)
     _check_bank(trainer, rows)

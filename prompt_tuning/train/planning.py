@@ -198,12 +198,12 @@ def plan_run(num_devices: int, phases: Sequence[str] = PHASES, dump_dir: Optiona
     mesh = partitioning.make_mesh(mp, devices[:num_devices])
     if cfg.batch_size % mesh.shape["data"]:
         raise ValueError(f"BATCH_SIZE={cfg.batch_size} is not divisible by the {mesh.shape['data']}-way 'data' axis")
-    kwargs = {k: run[k] for k in ("trainable_regex", "num_microbatches", "frozen_dtype", "z_loss",
-                                  "loss_normalizing_factor") if k in run}
+    kwargs = {k: run[k] for k in ("trainable_regex", "num_microbatches", "microbatch_positions",
+                                  "frozen_dtype", "z_loss", "loss_normalizing_factor") if k in run}
     plan = build(run["model"], dict(cfg.task_feature_lengths), cfg.batch_size, mesh, **kwargs)
     report = dict(num_devices=num_devices, model_parallel_size=mp, data_parallel_size=int(mesh.shape["data"]),
                   batch_size=int(cfg.batch_size), task_feature_lengths=dict(cfg.task_feature_lengths),
-                  trainable_regex=plan.trainer.trainable_regex, num_microbatches=plan.trainer.num_microbatches,
+                  trainable_regex=plan.trainer.trainable_regex, num_microbatches=plan.trainer.microbatches(plan.batch),
                   frozen_dtype=plan.trainer.frozen_dtype or "float32",
                   parameter_partitioning_dims=partitioning.parameter_partitioning_dims(),
                   activation_partitioning_dims=partitioning.activation_partitioning_dims(),

@@ -4,7 +4,9 @@ The state holds only the trainable subtree and its optimizer state; the frozen
 parameters are a separate, never-donated argument of the step.  Gradients are
 taken with respect to the trainable subtree alone, accumulated over
 microbatches with `lax.scan`, and normalised once for the whole batch, so a
-run with M microbatches takes the same step as one with 1.
+run with M microbatches takes the same step as one with 1.  M is fixed
+(`num_microbatches`) or chosen per batch shape (`microbatch_positions`), so each
+length bucket gets its own split.
 
 Health: the compiled step also reports whether its loss and gradient were finite and the largest token id
 of its batch.  These stay on the device until `check_health` (called by the loop at every logging, eval and
@@ -70,6 +72,11 @@ class Trainer:
     learning_rate_fn: Callable = lambda step: 0.0
     trainable_regex: str = optimizers.DEFAULT_TRAINABLE_REGEX
     num_microbatches: int = 1
+    # Instead of a fixed count: each batch shape is split into the fewest microbatches whose rows fill at most
+    # this many positions per device (`model.positions_per_row`, prompt included).  Short length buckets then
+    # run whole and long ones split; on the CPUs of BENCHMARKS.md 2048 was within 3% of the best fixed count
+    # at every W-small shape, where no one count was.  Same step either way.
+    microbatch_positions: Optional[int] = None
     z_loss: float = 1e-4
     loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS
     frozen_dtype: Optional[str] = None
@@ -83,6 +90,14 @@ class Trainer:
     def __post_init__(self, params):
         if self.on_nonfinite not in ON_NONFINITE:
             raise UserError(f"on_nonfinite={self.on_nonfinite!r}: use one of {ON_NONFINITE}")
+        if self.microbatch_positions is not None:
+            if isinstance(self.microbatch_positions, bool) or not isinstance(self.microbatch_positions, int) \
+                    or self.microbatch_positions < 1:
+                raise UserError(f"microbatch_positions={self.microbatch_positions!r}: use a positive int (positions "
+                                "per device in one microbatch) or None")
+            if self.num_microbatches > 1:
+                raise UserError(f"num_microbatches={self.num_microbatches} and microbatch_positions="
+                                f"{self.microbatch_positions}: give a count or a position budget, not both")
         trainable, frozen = optimizers.split_params(params, self.trainable_regex)
         rows = {flax.traverse_util.flatten_dict(trainable, sep="/")[p].shape[0] for p in self.row_arrays}
         if len(rows) > 1:
@@ -130,9 +145,18 @@ class Trainer:
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         return grads, sums
 
-    def _split_microbatches(self, batch):
+    def microbatches(self, batch: Batch) -> int:
+        """How many microbatches a batch of these shapes is split into, for training and for scoring."""
+        if self.microbatch_positions is None:
+            return self.num_microbatches
+        rows, data = batch["decoder_target_tokens"].shape[0], self.mesh.shape["data"]
+        per_row = self.model.positions_per_row(batch)
+        splits = [m for m in range(1, rows + 1) if rows % m == 0 and (rows // m) % data == 0]
+        fits = [m for m in splits if rows // m // data * per_row <= self.microbatch_positions]
+        return fits[0] if fits else (splits[-1] if splits else 1)
+
+    def _split_microbatches(self, batch, m: int):
         """[B, ...] -> [M, B/M, ...], microbatch i = rows i, i+M, ... so every device keeps its own rows."""
-        m = self.num_microbatches
 
         def split(x):
             if x.shape[0] % m:
@@ -144,10 +168,11 @@ class Trainer:
 
     def _step(self, frozen, state: TrainState, batch: Batch):
         rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.step)
-        if self.num_microbatches <= 1:
+        m = self.microbatches(batch)
+        if m <= 1:
             grads, sums = self._microbatch_grads(state.trainable, frozen, batch, rng)
         else:
-            micro = self._split_microbatches(batch)
+            micro = self._split_microbatches(batch, m)
 
             def body(carry, xs):
                 index, mb = xs
@@ -156,7 +181,7 @@ class Trainer:
             zeros = jax.eval_shape(self._microbatch_grads, state.trainable, frozen,
                                    jax.tree_util.tree_map(lambda x: x[0], micro), rng)
             zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-            (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(self.num_microbatches), micro))
+            (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(m), micro))
         norm = losses.normalizer(sums, self.loss_normalizing_factor)
         grads = self._normalize(grads, sums, norm)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.trainable)
@@ -247,7 +272,7 @@ class Trainer:
         return optimizers.merge_params(state.trainable, self.frozen)
 
     def _score_rows(self, frozen, trainable, batch, candidates=False):
-        """Per-example scores, computed `num_microbatches` examples at a time when the batch splits evenly.
+        """Per-example scores, computed in `microbatches(batch)` slices when the batch splits evenly.
 
         Scores are per example, so the split changes no number; it keeps the [b, heads, L, L] attention
         tensors small enough to stay in cache (12-15% faster on W-small with 2 or 4 slices).
@@ -256,11 +281,11 @@ class Trainer:
         def score(mb):
             params = optimizers.merge_params(trainable, frozen)
             return (self.model.score_candidates if candidates else self.model.score_batch)(params, mb)
-        m = self.num_microbatches
+        m = self.microbatches(batch)
         rows = batch["decoder_target_tokens"].shape[0]
         if m <= 1 or rows % (m * self.mesh.shape["data"]):
             return score(batch)
-        per_slice = jax.lax.map(score, self._split_microbatches(batch))  # [M, B/M, ...]: slice i = rows i, i+M, ...
+        per_slice = jax.lax.map(score, self._split_microbatches(batch, m))  # [M, B/M, ...]: slice i = rows i, i+M, ...
         return per_slice.swapaxes(0, 1).reshape(rows, *per_slice.shape[2:])
 
     def _jitted_score(self, candidates=False):
