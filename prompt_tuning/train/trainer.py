@@ -74,8 +74,9 @@ class Trainer:
     num_microbatches: int = 1
     # Instead of a fixed count: each batch shape is split into the fewest microbatches whose rows fill at most
     # this many positions per device (`model.positions_per_row`, prompt included).  Short length buckets then
-    # run whole and long ones split; on the CPUs of BENCHMARKS.md 2048 was within 3% of the best fixed count
-    # at every W-small shape, where no one count was.  Same step either way.
+    # run whole and long ones split; on the AMX Xeon of BENCHMARKS.md 2048 was within 4% of the best fixed
+    # count at every W-small shape, where each fixed count was 15-76% slower than the best at some shape.
+    # Same step either way.
     microbatch_positions: Optional[int] = None
     z_loss: float = 1e-4
     loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS
